@@ -1,0 +1,45 @@
+"""Authenticated, correctly scoped and resilient gRPC calls to the Clarifai API."""
+
+from __future__ import annotations
+
+from clarifai_grpc.channel import clarifai_channel as _clarifai_channel
+
+from ._channel import insecure_channel, secure_channel, wrap_channel
+from ._context import use_credentials, use_retry
+from ._credentials import Credentials
+from ._interceptor import ClarifaiInterceptor
+from ._retry import (
+    DEFAULT_RETRYABLE_CODES,
+    DEFAULT_RETRYABLE_STATUSES,
+    NEVER_RETRIED_CODES,
+    NEVER_RETRIED_STATUSES,
+    NO_RETRY,
+    RetryPolicy,
+)
+from .exceptions import CredentialsProviderError, MissingCredentialsError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_RETRYABLE_CODES",
+    "DEFAULT_RETRYABLE_STATUSES",
+    "NEVER_RETRIED_CODES",
+    "NEVER_RETRIED_STATUSES",
+    "NO_RETRY",
+    "ClarifaiInterceptor",
+    "Credentials",
+    "CredentialsProviderError",
+    "MissingCredentialsError",
+    "RetryPolicy",
+    "__version__",
+    "insecure_channel",
+    "secure_channel",
+    "use_credentials",
+    "use_retry",
+    "wrap_channel",
+]
+
+# V2Stub(channel) reads this module global, which only ClarifaiChannel's getters set: without
+# it every stub on a channel of ours fails with "'NoneType' object is not callable".
+if _clarifai_channel.wrap_response_deserializer is None:
+    _clarifai_channel.wrap_response_deserializer = _clarifai_channel._response_deserializer_for_grpc  # noqa: SLF001

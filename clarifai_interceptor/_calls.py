@@ -1,0 +1,308 @@
+"""The call objects the sync front ends return when a call may be retried.
+
+`RetryFuture` retries a unary-response call from callbacks and timers, so ``future()`` returns
+at once; `RetryingStream` retries a response stream only until its first message reaches the
+caller (gRFC A6's commit rule), so no message is ever delivered twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from ._retry import Retry, RetryPolicy, time_left
+
+__all__ = ["RetryFuture", "RetryingStream", "response_stream", "settled", "unary_response"]
+
+log = logging.getLogger("clarifai_interceptor")
+
+Start = Callable[[], Any]  # starts one attempt (with the time left) and returns its call
+
+
+def settled(call: Any) -> object:
+    """A finished unary call's outcome as the policy judges it: its RpcError or its response."""
+    exc = call.exception()
+    return exc if exc is not None else call.result()
+
+
+def _run_callbacks(callbacks: list[Callable[[Any], None]], arg: Any) -> None:
+    for callback in callbacks:
+        try:
+            callback(arg)
+        except Exception:  # noqa: PERF203 (as grpc does: one failing callback spares the rest)
+            log.exception("a done callback raised")
+
+
+class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
+    """A ``grpc.Future`` and ``grpc.Call`` over the attempts of one unary-response call.
+
+    Retries run from the attempts' done callbacks and timer threads; the caller's thread is never
+    blocked. Resolves to the final attempt's outcome, unchanged.
+    """
+
+    def __init__(
+        self, policy: RetryPolicy, method: str, deadline: float | None, start: Start, first: Any
+    ) -> None:
+        self._policy = policy
+        self._method = method
+        self._deadline = deadline
+        self._start = start
+        self._context = contextvars.copy_context()
+        self._cond = threading.Condition()
+        self._retry: Retry | None = None
+        self._call = first
+        self._final: Any = None
+        self._cancelled = False
+        self._timer: threading.Timer | None = None
+        self._callbacks: list[Callable[[Any], None]] = []
+        first.add_done_callback(self._on_done)
+
+    def _on_done(self, call: Any) -> None:
+        wait = None
+        if not self._cancelled and not call.cancelled():
+            outcome = settled(call)
+            if self._policy.transient(outcome):
+                if self._retry is None:
+                    self._retry = Retry(self._policy, self._method, self._deadline)
+                wait = self._retry.after(outcome)
+        with self._cond:
+            if wait is not None and not self._cancelled:
+                self._timer = threading.Timer(wait, self._context.copy().run, (self._next,))
+                self._timer.daemon = True
+                self._timer.start()
+                return
+        self._finish(call)
+
+    def _next(self) -> None:
+        with self._cond:
+            if self._cancelled:
+                return
+            self._call = call = self._start()
+        call.add_done_callback(self._on_done)
+
+    def _finish(self, call: Any) -> None:
+        with self._cond:
+            if self._final is not None:
+                return
+            self._final = call
+            self._cond.notify_all()
+            callbacks, self._callbacks = self._callbacks, []
+        _run_callbacks(callbacks, self)
+
+    def _wait(self, timeout: float | None) -> Any:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._final is not None, timeout):
+                raise grpc.FutureTimeoutError
+            return self._final
+
+    # grpc.Future
+    def cancel(self) -> bool:
+        """Cancel the attempt in flight, or the wait for the next one; no attempt follows."""
+        with self._cond:
+            if self._final is not None:
+                return False
+            self._cancelled = True
+            timer, call = self._timer, self._call
+        if timer is not None and timer.is_alive():
+            timer.cancel()
+            self._finish(call)
+        call.cancel()
+        return True
+
+    def cancelled(self) -> bool:
+        return self._cancelled and self._final is not None
+
+    def running(self) -> bool:
+        return self._final is None
+
+    def done(self) -> bool:
+        return self._final is not None
+
+    def result(self, timeout: float | None = None) -> Any:
+        final = self._wait(timeout)
+        if self._cancelled:
+            raise grpc.FutureCancelledError
+        return final.result()
+
+    def exception(self, timeout: float | None = None) -> Any:
+        final = self._wait(timeout)
+        if self._cancelled:
+            raise grpc.FutureCancelledError
+        return final.exception()
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        final = self._wait(timeout)
+        if self._cancelled:
+            raise grpc.FutureCancelledError
+        return final.traceback()
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        with self._cond:
+            if self._final is None:
+                self._callbacks.append(fn)
+                return
+        _run_callbacks([fn], self)
+
+    # grpc.Call
+    def is_active(self) -> bool:
+        return self._final is None
+
+    def time_remaining(self) -> float | None:
+        return time_left(self._deadline)
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return bool(self._call.add_callback(callback))
+
+    def code(self) -> grpc.StatusCode:
+        final = self._wait(None)
+        return grpc.StatusCode.CANCELLED if self._cancelled else final.code()
+
+    def details(self) -> str | None:
+        final = self._wait(None)
+        return "Cancelled" if self._cancelled else final.details()
+
+    def initial_metadata(self) -> Any:
+        return self._wait(None).initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._wait(None).trailing_metadata()
+
+
+_END = object()
+
+
+class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
+    """A response stream retried only until its first message reaches the caller.
+
+    Lazy like gRPC's own: nothing is awaited until the caller reads the stream or asks for its
+    status. Callbacks added before then are attached to the attempt that is kept.
+    """
+
+    def __init__(
+        self, policy: RetryPolicy, method: str, deadline: float | None, start: Start, first: Any
+    ) -> None:
+        self._policy = policy
+        self._method = method
+        self._deadline = deadline
+        self._start = start
+        self._call = first
+        self._committed = False
+        self._cancelled = False
+        self._head: Any = _END
+        self._callbacks: list[Callable[[], None]] = []
+        self._cond = threading.Condition()
+
+    def __iter__(self) -> RetryingStream:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._committed:
+            self._commit()
+        head = self._head
+        if head is not _END:
+            self._head = _END
+            return head
+        return next(self._call)
+
+    next = __next__  # grpc's own response iterators have it too
+
+    def _commit(self) -> None:
+        retry: Retry | None = None
+        while True:
+            outcome: Any
+            try:
+                outcome = next(self._call)
+            except StopIteration:
+                outcome = _END
+            except grpc.RpcError as exc:
+                outcome = exc
+            wait = None
+            if outcome is not _END and not self._cancelled and self._policy.transient(outcome):
+                if retry is None:
+                    retry = Retry(self._policy, self._method, self._deadline)
+                wait = retry.after(outcome)
+            if wait is None:
+                break
+            self._call.cancel()  # a retryable first message: that attempt is abandoned
+            if self._sleep(wait):
+                break
+            self._call = self._start()
+        self._committed = True
+        for callback in self._callbacks:
+            self._call.add_callback(callback)
+        self._callbacks.clear()
+        if isinstance(outcome, grpc.RpcError):
+            raise outcome
+        if outcome is not _END:
+            self._head = outcome
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait before the next attempt; True if the stream was cancelled meanwhile."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._cancelled, seconds)
+
+    def _settle(self) -> Any:
+        if not self._committed:
+            with contextlib.suppress(grpc.RpcError):  # the call object reports it
+                self._commit()
+        return self._call
+
+    # grpc.Call / grpc.RpcContext
+    def cancel(self) -> bool:
+        self._cancelled = True
+        with self._cond:
+            self._cond.notify_all()
+        return bool(self._call.cancel())
+
+    def is_active(self) -> bool:
+        return bool(self._call.is_active())
+
+    def time_remaining(self) -> float | None:
+        remaining = self._call.time_remaining()
+        return None if remaining is None else float(remaining)
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        if self._committed:
+            return bool(self._call.add_callback(callback))
+        self._callbacks.append(callback)
+        return True
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        """Call ``fn(self)`` when the kept attempt ends."""
+        self.add_callback(lambda: fn(self))
+
+    def initial_metadata(self) -> Any:
+        return self._settle().initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        return self._settle().trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return self._settle().code()
+
+    def details(self) -> str | None:
+        return self._settle().details()
+
+
+def unary_response(
+    policy: RetryPolicy, method: str, deadline: float | None, start: Start, first: Any
+) -> Any:
+    """The first attempt's call if it is final, else a `RetryFuture` that goes on from it."""
+    if policy.max_attempts == 1 or (first.done() and not policy.transient(settled(first))):
+        return first
+    return RetryFuture(policy, method, deadline, start, first)
+
+
+def response_stream(
+    policy: RetryPolicy, method: str, deadline: float | None, start: Start, first: Any
+) -> Any:
+    """The first attempt's stream, wrapped in a `RetryingStream` if the policy may retry."""
+    if policy.max_attempts == 1:
+        return first
+    return RetryingStream(policy, method, deadline, start, first)

@@ -1,0 +1,75 @@
+"""What every front end asks before a call: which credentials, which metadata, which policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ._context import CREDENTIALS, RETRY, CredentialsSource, check_source
+from ._credentials import Credentials
+from ._metadata import Pairs, merge
+from ._retry import NO_RETRY, RetryPolicy
+from .exceptions import CredentialsProviderError
+
+__all__ = ["DEFAULT_RETRY", "Core", "method_name"]
+
+#: The policy used when none is given.
+DEFAULT_RETRY = RetryPolicy()
+
+
+class Core:
+    """The defaults one interceptor or channel was built with, resolved per call."""
+
+    __slots__ = ("credentials", "retry")
+
+    def __init__(self, credentials: CredentialsSource | None, retry: RetryPolicy | None) -> None:
+        # Built now, not at the first call: a missing secret fails where the channel is made.
+        if credentials is None:
+            credentials = Credentials.from_env()
+        check_source(credentials)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
+        self.credentials: CredentialsSource = credentials
+        self.retry = NO_RETRY if retry is None else retry
+
+    def policy(self) -> RetryPolicy:
+        """The retry policy for a call made now."""
+        return RETRY.get() or self.retry
+
+    def resolve(
+        self, metadata: Iterable[tuple[str, Any]] | None
+    ) -> tuple[Pairs, Credentials | None]:
+        """The metadata to send, and the credentials whose ``user_app_id`` may be filled in.
+
+        Raises:
+            CredentialsProviderError: A credentials provider raised or returned something else.
+            ValueError: The caller's metadata has an entry gRPC would refuse.
+        """
+        source = CREDENTIALS.get() or self.credentials
+        credentials = source if type(source) is Credentials else _provide(source)
+        pairs, added = merge(metadata, credentials)
+        assert pairs is not None  # noqa: S101 (credentials is never None here)
+        return pairs, (credentials if added else None)
+
+
+def _provide(source: CredentialsSource) -> Credentials:
+    if isinstance(source, Credentials):
+        return source
+    try:
+        credentials = source()
+    except Exception as exc:
+        raise CredentialsProviderError(
+            f"the credentials provider raised {type(exc).__name__}; the call was not sent"
+        ) from exc
+    if not isinstance(credentials, Credentials):
+        raise CredentialsProviderError(
+            f"the credentials provider returned {type(credentials).__name__}, not Credentials"
+        )
+    return credentials
+
+
+def method_name(method: str | bytes) -> str:
+    """``/clarifai.api.V2/PostInputs`` (str or bytes) as ``PostInputs``, for log records."""
+    if isinstance(method, bytes):
+        method = method.decode("ascii", "replace")
+    return method.rsplit("/", 1)[-1]

@@ -1,0 +1,161 @@
+"""The sync interceptor, for ``grpc.intercept_channel`` on any existing channel."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import grpc
+
+from ._calls import response_stream, unary_response
+from ._context import CredentialsSource
+from ._core import DEFAULT_RETRY, Core, method_name
+from ._credentials import Credentials
+from ._request import fill_copy
+from ._retry import NO_RETRY, RetryPolicy, time_left
+
+__all__ = ["ClarifaiInterceptor"]
+
+
+class _CallDetails(
+    NamedTuple(
+        "_CallDetails",
+        [
+            ("method", str),
+            ("timeout", float | None),
+            ("metadata", Any),
+            ("credentials", Any),
+            ("wait_for_ready", bool | None),
+            ("compression", Any),
+        ],
+    ),
+    grpc.ClientCallDetails,  # type: ignore[misc]
+):
+    """``grpc.ClientCallDetails`` has no constructor; this one does."""
+
+
+def _requests(credentials: Credentials | None, requests: Any) -> Callable[[], Iterator[Any]]:
+    """A fresh iterator over the request stream per attempt, each message filled as it is sent."""
+    if credentials is None:
+        return lambda: iter(requests)
+    return lambda: (fill_copy(credentials, r) for r in requests)
+
+
+class ClarifaiInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds Clarifai credentials to every call and retries transient failures.
+
+    Use with ``grpc.intercept_channel(channel, ClarifaiInterceptor(...))``. For a channel you
+    build yourself, `wrap_channel` does the same at less cost per call.
+
+    Args:
+        credentials: A `Credentials`, a zero-argument callable returning one (consulted per
+            call, for rotation), or None to read `Credentials.from_env` now.
+        retry: The default `RetryPolicy`; None for a single attempt.
+
+    Raises:
+        MissingCredentialsError: ``credentials`` is None and the environment names no secret.
+        TypeError: ``credentials`` or ``retry`` is of the wrong type.
+    """
+
+    def __init__(
+        self,
+        credentials: CredentialsSource | None = None,
+        *,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+    ) -> None:
+        self._core = Core(credentials, retry)
+
+    def __repr__(self) -> str:
+        return f"ClarifaiInterceptor(retry={self._core.retry!r})"
+
+    def _prepare(self, details: Any) -> tuple[Callable[[float | None], Any], Credentials | None]:
+        metadata, credentials = self._core.resolve(details.metadata)
+
+        def with_timeout(timeout: float | None) -> _CallDetails:
+            return _CallDetails(
+                details.method,
+                timeout,
+                metadata,
+                details.credentials,
+                details.wait_for_ready,
+                details.compression,
+            )
+
+        return with_timeout, credentials
+
+    # The four hooks below are gRPC's interface, not part of this package's API.
+
+    def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        """Not part of the API: gRPC's hook for unary-unary calls."""
+        details, credentials = self._prepare(client_call_details)
+        request = fill_copy(credentials, request)
+        policy = self._core.policy()
+        deadline = policy.deadline(client_call_details.timeout)
+
+        def start() -> Any:
+            return continuation(details(time_left(deadline)), request)
+
+        method = method_name(client_call_details.method)
+        return unary_response(policy, method, deadline, start, start())
+
+    def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        """Not part of the API: gRPC's hook for unary-stream calls."""
+        details, credentials = self._prepare(client_call_details)
+        request = fill_copy(credentials, request)
+        return self._stream(continuation, client_call_details, details, lambda: request)
+
+    def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        """Not part of the API: gRPC's hook for stream-unary calls."""
+        details, credentials = self._prepare(client_call_details)
+        requests = _requests(credentials, request_iterator)
+        policy = self._core.policy()
+        if not isinstance(request_iterator, list | tuple):
+            policy = NO_RETRY  # an iterator cannot be replayed
+        deadline = policy.deadline(client_call_details.timeout)
+
+        def start() -> Any:
+            return continuation(details(time_left(deadline)), requests())
+
+        method = method_name(client_call_details.method)
+        return unary_response(policy, method, deadline, start, start())
+
+    def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        """Not part of the API: gRPC's hook for stream-stream calls."""
+        details, credentials = self._prepare(client_call_details)
+        requests = _requests(credentials, request_iterator)
+        replayable = isinstance(request_iterator, list | tuple)
+        return self._stream(continuation, client_call_details, details, requests, replayable)
+
+    def _stream(
+        self,
+        continuation: Any,
+        call_details: Any,
+        details: Callable[[float | None], Any],
+        request: Callable[[], Any],
+        replayable: bool = True,
+    ) -> Any:
+        policy = self._core.policy() if replayable else NO_RETRY
+        # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
+        # the caller's own timeout bounds the stream.
+        timeout = call_details.timeout
+        call_deadline = None if timeout is None else time.monotonic() + timeout
+
+        def start() -> Any:
+            return continuation(details(time_left(call_deadline)), request())
+
+        method = method_name(call_details.method)
+        return response_stream(policy, method, policy.deadline(timeout), start, start())

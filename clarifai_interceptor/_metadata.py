@@ -1,0 +1,55 @@
+"""The one place that merges the caller's metadata with the credentials' headers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from ._credentials import CREDENTIAL_KEYS, Credentials
+
+__all__ = ["Pairs", "merge", "validate"]
+
+Pairs = tuple[tuple[str, Any], ...]
+
+# What grpc-core accepts; anything else fails at call time as an opaque INTERNAL.
+_KEY_RE = re.compile(r"[0-9a-z_.\-]+")
+_VALUE_RE = re.compile(r"[ -~]*")
+
+
+def validate(key: object, value: object) -> None:
+    """Refuse a metadata entry gRPC would reject, naming its key (never its value)."""
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or key.startswith("grpc-"):
+        raise ValueError(
+            f"invalid metadata key {key!r}: keys are lowercase ASCII letters, digits, '-', '_' "
+            "or '.', and may not start with 'grpc-'"
+        )
+    if key.endswith("-bin"):
+        if not isinstance(value, bytes | str):
+            raise ValueError(f"metadata value for {key!r} must be bytes or str")
+    elif not isinstance(value, str) or not _VALUE_RE.fullmatch(value):
+        raise ValueError(
+            f"invalid metadata value for {key!r}: it must be a str of printable ASCII "
+            "(no newline or control character); binary values need a key ending in '-bin'"
+        )
+
+
+def merge(
+    metadata: Iterable[tuple[str, Any]] | None, credentials: Credentials | None
+) -> tuple[Pairs | None, bool]:
+    """The metadata to send, and whether the credentials' headers were added.
+
+    A credential header the caller passed wins: then nothing is added (exactly one is sent).
+    """
+    if metadata is None:
+        return (None if credentials is None else credentials.metadata), credentials is not None
+    pairs = tuple(metadata)
+    add = credentials is not None
+    for key, value in pairs:
+        validate(key, value)
+        if key in CREDENTIAL_KEYS:
+            add = False
+    if add:
+        assert credentials is not None  # noqa: S101 (add implies it)
+        return pairs + credentials.metadata, True
+    return pairs, False

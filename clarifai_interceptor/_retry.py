@@ -1,0 +1,291 @@
+"""Retry policy and engine: which outcomes are transient, how long to wait, when to stop.
+
+Pure logic plus tenacity, no I/O: the front ends (sync interceptor, channel wrapper, aio) run the
+attempts and the sleeps, and ask a `Retry` what to do after each outcome. This is the only
+module that imports tenacity.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+import tenacity as _t
+from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
+
+__all__ = [
+    "DEFAULT_RETRYABLE_CODES",
+    "DEFAULT_RETRYABLE_STATUSES",
+    "NEVER_RETRIED_CODES",
+    "NEVER_RETRIED_STATUSES",
+    "NO_RETRY",
+    "Retry",
+    "RetryPolicy",
+    "describe",
+    "run",
+    "time_left",
+]
+
+log = logging.getLogger("clarifai_interceptor")
+
+#: gRPC codes retried by default: the load balancer or server is briefly unreachable.
+DEFAULT_RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
+#: Clarifai in-body status codes retried by default: throttling and models warming up.
+DEFAULT_RETRYABLE_STATUSES: frozenset[int] = frozenset(
+    {
+        _sc.CONN_THROTTLED,
+        _sc.MODEL_BUSY_PLEASE_RETRY,
+        _sc.MODEL_DEPLOYING,
+        _sc.MODEL_LOADING,
+        _sc.RPC_SERVER_UNAVAILABLE,
+        _sc.RPC_REQUEST_QUEUE_FULL,
+    }
+)
+#: gRPC codes no policy may retry: scope and auth errors pass straight through, and a
+#: cancelled call was cancelled on purpose.
+NEVER_RETRIED_CODES: frozenset[grpc.StatusCode] = frozenset(
+    {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.CANCELLED}
+)
+#: Clarifai in-body scope and auth statuses no policy may retry.
+NEVER_RETRIED_STATUSES: frozenset[int] = frozenset(
+    {
+        _sc.CONN_INSUFFICIENT_SCOPES,
+        _sc.CONN_KEY_INVALID,
+        _sc.CONN_KEY_NOT_FOUND,
+        _sc.CONN_AUTH_METHOD_DISABLED,
+        _sc.CONN_TOKEN_INVALID,
+        _sc.CONN_CREDENTIALS_INVALID,
+    }
+)
+
+
+def _number(name: str, value: object, *, low: float, allow_low: bool = True) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (value == low and not allow_low):  # type: ignore[operator]
+        rule = ">=" if allow_low else ">"
+        raise ValueError(f"{name} must be a finite number {rule} {low}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """When and how a call is retried. Immutable: change with ``dataclasses.replace``.
+
+    The wait before retry ``k`` (k = 1 for the second attempt) is::
+
+        base = min(max_backoff, initial_backoff * multiplier ** (k - 1))
+        wait = base * uniform(1 - jitter, 1 + jitter)
+
+    so a zero backoff waits zero, and ``jitter=0`` gives exact waits. No wait runs past the
+    deadline: the retries stop instead, and the caller gets the last outcome.
+
+    Attributes:
+        max_attempts: Attempts in all, the first included (1: no retries).
+        initial_backoff: Seconds before the first retry, before jitter.
+        multiplier: Growth of the backoff per retry (>= 1).
+        max_backoff: Cap on the backoff, before jitter.
+        jitter: Fraction of random spread around each backoff, from 0 to 1.
+        timeout: Seconds for the whole call, attempts and waits together, or None. The call's
+            own ``timeout=`` also applies; whichever ends sooner wins. For calls with a response
+            stream it bounds only the retrying, not the stream itself.
+        retryable_codes: gRPC status codes that are retried.
+        retryable_statuses: Clarifai in-body ``status.code`` values that are retried.
+
+    Raises:
+        ValueError: A number is out of range, or a scope, auth or CANCELLED code is listed.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    multiplier: float = 2.0
+    max_backoff: float = 5.0
+    jitter: float = 0.2
+    timeout: float | None = 30.0
+    retryable_codes: frozenset[grpc.StatusCode] = field(default=DEFAULT_RETRYABLE_CODES)
+    retryable_statuses: frozenset[int] = field(default=DEFAULT_RETRYABLE_STATUSES)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool):
+            raise ValueError(f"max_attempts must be an int >= 1, got {self.max_attempts!r}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts!r}")
+        _number("initial_backoff", self.initial_backoff, low=0)
+        _number("multiplier", self.multiplier, low=1)
+        _number("max_backoff", self.max_backoff, low=0)
+        _number("jitter", self.jitter, low=0)
+        if self.jitter > 1:
+            raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
+        if self.timeout is not None:
+            _number("timeout", self.timeout, low=0, allow_low=False)
+        codes = self._set("retryable_codes", self.retryable_codes, grpc.StatusCode)
+        bad = sorted(c.name for c in codes & (NEVER_RETRIED_CODES | {grpc.StatusCode.OK}))
+        if bad:
+            raise ValueError(
+                f"retryable_codes may not include {', '.join(bad)}: scope, auth and cancelled "
+                "calls always pass straight through"
+            )
+        statuses = self._set("retryable_statuses", self.retryable_statuses, int)
+        bad = sorted(_sc.StatusCode.Name(s) for s in statuses & NEVER_RETRIED_STATUSES)
+        if _sc.SUCCESS in statuses:
+            bad.append("SUCCESS")
+        if bad:
+            raise ValueError(
+                f"retryable_statuses may not include {', '.join(bad)}: scope and auth errors "
+                "always pass straight through"
+            )
+
+    def _set(self, name: str, values: Iterable[Any], kind: type) -> frozenset[Any]:
+        if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+            raise ValueError(f"{name} must be a collection of {kind.__name__}")
+        result = frozenset(values)
+        for value in result:
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"{name} must hold only {kind.__name__} values, got {value!r}")
+        object.__setattr__(self, name, result)
+        return result
+
+    def backoff(self, retry: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the second attempt)."""
+        try:
+            base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        except OverflowError:
+            base = self.max_backoff
+        return base * (1.0 + self.jitter * (2.0 * rand() - 1.0))
+
+    def transient(self, outcome: object) -> bool:
+        """Whether an attempt's outcome (a ``grpc.RpcError`` or a response) is worth a retry."""
+        if isinstance(outcome, grpc.RpcError):
+            code = getattr(outcome, "code", None)
+            return code is not None and code() in self.retryable_codes
+        status = getattr(outcome, "status", None)
+        return status is not None and getattr(status, "code", None) in self.retryable_statuses
+
+    def deadline(self, timeout: float | None) -> float | None:
+        """The monotonic time by which the whole call must end, or None."""
+        if self.timeout is not None and (timeout is None or self.timeout < timeout):
+            timeout = self.timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+
+#: A policy that makes a single attempt.
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def time_left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (never negative), or None for no deadline."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def describe(outcome: object) -> str:
+    """A short, secret-free name for an outcome: a gRPC code or a Clarifai status name."""
+    if isinstance(outcome, grpc.RpcError):
+        code = getattr(outcome, "code", None)
+        return code().name if code is not None else type(outcome).__name__
+    status = getattr(getattr(outcome, "status", None), "code", None)
+    if isinstance(status, int):
+        try:
+            return str(_sc.StatusCode.Name(status))
+        except ValueError:
+            return f"status {status}"
+    return "message"
+
+
+def _last_outcome(state: _t.RetryCallState) -> Any:
+    assert state.outcome is not None  # noqa: S101 (tenacity sets it before stopping)
+    return state.outcome.result()
+
+
+class _stop_before_deadline(_t.stop.stop_base):  # noqa: N801 (named like tenacity's stops)
+    """Stop when the next wait would reach the deadline: no wait runs past it."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def __call__(self, state: _t.RetryCallState) -> bool:
+        deadline = self.deadline
+        return deadline is not None and time.monotonic() + state.upcoming_sleep >= deadline
+
+
+class Retry:
+    """The retries of one call, decided by a fresh tenacity ``Retrying``, driven step by step.
+
+    Build one only after a transient first outcome (the happy path never pays for tenacity),
+    then feed it each outcome: `after` returns the seconds to wait before the next attempt, or
+    None when the outcome is final (not transient, attempts used up, or the deadline too near).
+    """
+
+    __slots__ = ("_retrying", "_state", "method")
+
+    def __init__(self, policy: RetryPolicy, method: str, deadline: float | None) -> None:
+        self.method = method
+
+        self._retrying = _t.Retrying(
+            stop=_t.stop_after_attempt(policy.max_attempts) | _stop_before_deadline(deadline),
+            wait=lambda state: policy.backoff(state.attempt_number),
+            retry=_t.retry_if_result(policy.transient),
+            before_sleep=self._log,
+            retry_error_callback=_last_outcome,
+            reraise=True,
+        )
+        self._state = _t.RetryCallState(self._retrying, fn=None, args=(), kwargs={})
+
+    @property
+    def attempt(self) -> int:
+        """The number of the attempt whose outcome was fed last (1 for the first)."""
+        return self._state.attempt_number
+
+    def after(self, outcome: object) -> float | None:
+        """Seconds to wait before the next attempt, or None if ``outcome`` is final."""
+        # tenacity keeps its statistics per thread; a future's retries run on other threads.
+        self._retrying.begin()
+        self._state.set_result(outcome)
+        action = self._retrying.iter(self._state)
+        if isinstance(action, _t.DoSleep):
+            self._state.prepare_for_next_attempt()
+            return float(action)
+        return None
+
+    def _log(self, state: _t.RetryCallState) -> None:
+        log.debug(
+            "retrying %s: attempt %d got %s; waiting %.3f s",
+            self.method,
+            state.attempt_number,
+            describe(_last_outcome(state)),
+            state.upcoming_sleep,
+        )
+
+
+T = TypeVar("T")
+
+
+def _same(outcome: object) -> object:
+    return outcome
+
+
+def run(
+    policy: RetryPolicy,
+    method: str,
+    deadline: float | None,
+    attempt: Callable[[], T],
+    view: Callable[[T], object] = _same,
+) -> T:
+    """Run ``attempt()`` until its outcome is final; return the last outcome as is.
+
+    ``attempt`` gives itself the time left before the deadline.
+
+    ``view`` maps what ``attempt`` returns to the outcome the policy judges (an RpcError or a
+    response). The first attempt runs without any retry machinery.
+    """
+    outcome = attempt()
+    if policy.max_attempts == 1 or not policy.transient(view(outcome)):
+        return outcome
+    retry = Retry(policy, method, deadline)
+    while (wait := retry.after(view(outcome))) is not None:
+        time.sleep(wait)
+        outcome = attempt()
+    return outcome

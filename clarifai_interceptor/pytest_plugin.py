@@ -1,0 +1,36 @@
+"""pytest plugin of clarifai-interceptor: the ``clarifai_fake`` fixture.
+
+Installing the package registers this plugin (entry point ``pytest11``), so any test suite can
+ask for the fixture by name and call a fake Clarifai API over real gRPC::
+
+    def test_predict_retries(clarifai_fake):
+        clarifai_fake.script("PostModelOutputs", grpc.StatusCode.UNAVAILABLE)
+        channel = grpc.insecure_channel(clarifai_fake.target)
+        ...  # call through service_pb2_grpc.V2Stub(channel)
+        assert len(clarifai_fake.calls_to("PostModelOutputs")) == 2
+
+See `clarifai_interceptor.testing.FakeClarifai` for scripts, recorded calls and auth checking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from clarifai_interceptor.testing import FakeClarifai
+
+
+@pytest.fixture
+def clarifai_fake() -> Iterator[FakeClarifai]:
+    """A started `FakeClarifai` without auth checking, stopped after the test.
+
+    Every V2 method answers SUCCESS until scripted; calls are recorded on ``clarifai_fake.calls``.
+    The gRPC modules load on first use of the fixture, not when pytest loads the plugin.
+    """
+    from clarifai_interceptor.testing import FakeClarifai  # noqa: PLC0415
+
+    with FakeClarifai() as fake:
+        yield fake

@@ -1,0 +1,478 @@
+"""An in-process fake of Clarifai's gRPC API, for tests.
+
+`FakeClarifai` runs a real `grpc.server` on ``127.0.0.1`` (a free port) that serves every method
+of the real ``clarifai.api.V2`` service with the real request and response message types, so the
+real `V2Stub` (and any interceptor in front of it) talks to it exactly as to Clarifai. Each call
+is recorded (method, metadata, request messages, arrival time) and answered from a per-method
+script of outcomes, then from a per-method default, then from the built-in default: a response
+whose ``status.code`` is ``SUCCESS``.
+
+Example:
+    >>> with FakeClarifai(secrets={"fake-pat": ["Predict", "Models_Get"]}) as fake:
+    ...     fake.script("PostModelOutputs", grpc.StatusCode.UNAVAILABLE, Status(11005))
+    ...     ...  # call fake.target through V2Stub, then inspect fake.calls_to("PostModelOutputs")
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeAlias
+
+import grpc
+from clarifai_grpc.grpc.api import service_pb2
+from clarifai_grpc.grpc.api.status import status_code_pb2
+from clarifai_grpc.grpc.auth.scope import scope_pb2
+from clarifai_grpc.grpc.auth.util import extension_pb2
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
+from google.protobuf.message_factory import GetMessageClass
+
+__all__ = [
+    "Delay",
+    "Fail",
+    "FakeClarifai",
+    "Outcome",
+    "RecordedCall",
+    "Reply",
+    "Status",
+    "Stream",
+]
+
+_SERVICE = service_pb2.DESCRIPTOR.services_by_name["V2"]
+_METHODS: Mapping[str, MethodDescriptor] = _SERVICE.methods_by_name
+_ALL_SCOPES = frozenset(name for name in scope_pb2.S.keys() if name != "undef")  # noqa: SIM118
+#: Scopes each method needs: Clarifai's own ``cl_depending_scopes`` method option.
+_REQUIRED_SCOPES: Mapping[str, frozenset[str]] = {
+    name: frozenset(
+        scope_pb2.S.Name(value)
+        for value in method.GetOptions().Extensions[extension_pb2.cl_depending_scopes]
+    )
+    for name, method in _METHODS.items()
+}
+_SECRET_HEADERS = frozenset({"authorization", "x-clarifai-session-token"})
+_DEFAULT_STREAM_LENGTH = 3
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Abort the call with a gRPC status code (a `grpc.RpcError` for the caller).
+
+    Attributes:
+        code: The gRPC status code.
+        details: The status details string.
+        trailing_metadata: Trailing metadata set before aborting.
+    """
+
+    code: grpc.StatusCode
+    details: str = ""
+    trailing_metadata: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Status:
+    """Reply gRPC OK with an empty response whose in-body Clarifai status is set.
+
+    Attributes:
+        code: The Clarifai status code (``status_code_pb2``), e.g. 11005 ``CONN_THROTTLED``.
+        description: The status description.
+    """
+
+    code: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Reply with exactly this message (one message for a server-streaming method).
+
+    Attributes:
+        message: A message of the method's response type.
+    """
+
+    message: Message
+
+
+@dataclass(frozen=True)
+class Stream:
+    """For server-streaming methods: send messages, then end OK or fail mid-stream.
+
+    Attributes:
+        messages: Messages of the method's response type, sent in order.
+        error: If set, the call aborts with it after the messages.
+    """
+
+    messages: Sequence[Message]
+    error: Fail | None = None
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Wait, then behave as `then`. The wait ends early if the call is cancelled or times out.
+
+    Attributes:
+        seconds: How long to wait.
+        then: The outcome after the wait (not played if the call ended meanwhile).
+    """
+
+    seconds: float
+    then: Outcome
+
+
+#: One scripted answer. A bare `grpc.StatusCode` means `Fail(code)`, a bare `int` means
+#: `Status(code)`, a bare `Message` means `Reply(message)`.
+Outcome: TypeAlias = Fail | Status | Reply | Stream | Delay | grpc.StatusCode | int | Message
+_Played: TypeAlias = Fail | Status | Reply | Stream | Delay
+
+
+@dataclass(frozen=True, repr=False)
+class RecordedCall:
+    """One call the fake received.
+
+    Attributes:
+        method: Short method name, e.g. ``"PostModelOutputs"``.
+        metadata: Invocation metadata as ``(key, value)`` pairs in order. Values are `str`,
+            except for binary ``-bin`` keys, whose values are `bytes`.
+        requests: The request message(s): one for unary requests, all of them for client streams.
+        time: `time.monotonic()` when the call arrived.
+    """
+
+    method: str
+    metadata: tuple[tuple[str, str | bytes], ...]
+    requests: tuple[Message, ...]
+    time: float
+
+    @property
+    def request(self) -> Message:
+        """The first request message."""
+        return self.requests[0]
+
+    def header(self, key: str) -> str | None:
+        """Return the value of the first text metadata entry with this key, or None."""
+        values = self.headers(key)
+        return values[0] if values else None
+
+    def headers(self, key: str) -> list[str]:
+        """Return every text value sent under this key, in order (``-bin`` values are skipped)."""
+        return [value for k, value in self.metadata if k == key and isinstance(value, str)]
+
+    def __repr__(self) -> str:
+        """Describe the call with secret header values redacted."""
+        shown = tuple((k, "<redacted>" if k in _SECRET_HEADERS else v) for k, v in self.metadata)
+        kinds = [type(request).__name__ for request in self.requests]
+        return (
+            f"RecordedCall(method={self.method!r}, metadata={shown!r}, "
+            f"requests={kinds!r}, time={self.time!r})"
+        )
+
+
+def _method(name: str) -> MethodDescriptor:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        msg = f"unknown clarifai.api.V2 method: {name!r}"
+        raise ValueError(msg) from None
+
+
+def _normalize(method: MethodDescriptor, outcome: Outcome) -> _Played:
+    """Turn a shorthand outcome into its dataclass and check it fits the method."""
+    if isinstance(outcome, grpc.StatusCode):
+        return Fail(outcome)
+    if isinstance(outcome, int):
+        return Status(outcome)
+    if isinstance(outcome, Message):
+        outcome = Reply(outcome)
+    if isinstance(outcome, Delay):
+        return Delay(outcome.seconds, _normalize(method, outcome.then))
+    if isinstance(outcome, Stream) and not method.server_streaming:
+        msg = f"Stream outcome for {method.name}, which is not server-streaming"
+        raise ValueError(msg)
+    messages = [outcome.message] if isinstance(outcome, Reply) else []
+    messages += list(outcome.messages) if isinstance(outcome, Stream) else []
+    for message in messages:
+        if message.DESCRIPTOR.full_name != method.output_type.full_name:
+            msg = f"{method.name} replies {method.output_type.name}, not {message.DESCRIPTOR.name}"
+            raise ValueError(msg)
+    if not isinstance(outcome, Fail | Status | Reply | Stream):
+        msg = f"not an outcome: {type(outcome).__name__}"
+        raise TypeError(msg)
+    return outcome
+
+
+def _status_message(method: MethodDescriptor, code: int, description: str = "") -> Message:
+    message = GetMessageClass(method.output_type)()
+    response: Any = message
+    response.status.code = code
+    response.status.description = description
+    return message
+
+
+def _abort(context: grpc.ServicerContext, fail: Fail) -> NoReturn:
+    if fail.trailing_metadata:
+        context.set_trailing_metadata(fail.trailing_metadata)
+    context.abort(fail.code, fail.details)
+
+
+class FakeClarifai:
+    """A real gRPC server on 127.0.0.1 that fakes every ``clarifai.api.V2`` method.
+
+    Without a script, a method answers a response of its type with ``status.code = SUCCESS``;
+    a server-streaming method sends 3 such messages; a client-streaming method first reads (and
+    records) every request. ``MyScopes`` answers the caller's scopes and the methods they allow.
+
+    Auth, only when ``secrets`` is given, is checked after the call is recorded and before any
+    script is used. The secret comes from ``authorization: Key <secret>``, else from
+    ``x-clarifai-session-token``. A missing, malformed or unknown secret gets body status
+    ``CONN_KEY_INVALID``; a secret lacking a scope the method needs (Clarifai's
+    ``cl_depending_scopes`` method option) gets ``CONN_INSUFFICIENT_SCOPES`` naming the missing
+    scopes. Both come with gRPC OK in an empty response (one message for server streams).
+
+    Args:
+        secrets: None for no auth checking. Otherwise maps each valid secret to its scope names
+            (``scope_pb2.S`` names such as ``"Predict"``), or to None for every scope. The
+            scope ``"All"`` also grants every scope.
+        max_workers: Threads serving calls (the most calls in flight at once).
+
+    Raises:
+        ValueError: A scope name is not a Clarifai scope.
+    """
+
+    def __init__(
+        self,
+        *,
+        secrets: Mapping[str, Collection[str] | None] | None = None,
+        max_workers: int = 32,
+    ) -> None:
+        self._secrets: dict[str, frozenset[str] | None] | None = None
+        if secrets is not None:
+            self._secrets = {}
+            for secret, scopes in secrets.items():
+                if isinstance(scopes, str):
+                    raise TypeError("scopes must be a collection of scope names, not a str")
+                unknown = set(scopes or ()) - _ALL_SCOPES
+                if unknown:
+                    msg = f"unknown Clarifai scopes: {sorted(unknown)}"
+                    raise ValueError(msg)
+                every = scopes is None or "All" in scopes
+                self._secrets[secret] = None if every else frozenset(scopes or ())
+        self._max_workers = max_workers
+        self._lock = threading.Lock()
+        self._calls: list[RecordedCall] = []
+        self._scripts: dict[str, deque[_Played]] = {}
+        self._defaults: dict[str, _Played] = {}
+        self._server: grpc.Server | None = None
+        self._executor: futures.ThreadPoolExecutor | None = None
+        self._port = 0
+
+    def script(self, method: str, *outcomes: Outcome) -> None:
+        """Append outcomes for a method, each used by one call, in order of arrival.
+
+        Args:
+            method: Short V2 method name, e.g. ``"PostModelOutputs"``.
+            *outcomes: What the next calls get, one outcome per call.
+
+        Raises:
+            ValueError: Unknown method, a `Stream` for a method that does not stream its
+                responses, or a message of the wrong response type.
+            TypeError: Something that is not an outcome.
+        """
+        descriptor = _method(method)
+        played = [_normalize(descriptor, outcome) for outcome in outcomes]
+        with self._lock:
+            self._scripts.setdefault(method, deque()).extend(played)
+
+    def set_default(self, method: str, outcome: Outcome) -> None:
+        """Set what a method answers once its script is used up.
+
+        Raises:
+            ValueError: As for `script`.
+            TypeError: As for `script`.
+        """
+        played = _normalize(_method(method), outcome)
+        with self._lock:
+            self._defaults[method] = played
+
+    @property
+    def calls(self) -> list[RecordedCall]:
+        """A copy of every call received so far, in order of recording."""
+        with self._lock:
+            return list(self._calls)
+
+    def calls_to(self, method: str) -> list[RecordedCall]:
+        """The calls received so far for one method.
+
+        Raises:
+            ValueError: Unknown method name.
+        """
+        _method(method)
+        return [call for call in self.calls if call.method == method]
+
+    def clear(self) -> None:
+        """Forget recorded calls and unused scripts (defaults set by `set_default` stay)."""
+        with self._lock:
+            self._calls.clear()
+            self._scripts.clear()
+
+    @property
+    def target(self) -> str:
+        """The address to dial, ``"127.0.0.1:PORT"``.
+
+        Raises:
+            RuntimeError: The fake is not started.
+        """
+        if self._server is None:
+            raise RuntimeError("FakeClarifai is not started")
+        return f"127.0.0.1:{self._port}"
+
+    def start(self) -> FakeClarifai:
+        """Start serving on a free port; return self.
+
+        Raises:
+            RuntimeError: Already started.
+        """
+        if self._server is not None:
+            raise RuntimeError("FakeClarifai is already started")
+        handlers = {name: self._handler(method) for name, method in _METHODS.items()}
+        self._executor = futures.ThreadPoolExecutor(max_workers=self._max_workers)
+        self._server = grpc.server(self._executor)
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
+        )
+        self._port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving (calls in flight are cancelled after ``grace`` seconds); idempotent."""
+        server, executor = self._server, self._executor
+        self._server, self._executor = None, None
+        if server is not None:
+            server.stop(grace).wait()
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def __enter__(self) -> FakeClarifai:
+        """Start the fake."""
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop the fake."""
+        self.stop()
+
+    async def __aenter__(self) -> FakeClarifai:
+        """Start the fake (it serves from its own threads; aio clients can call it)."""
+        return self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop the fake."""
+        self.stop()
+
+    def _handler(self, method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
+        request_class = GetMessageClass(method.input_type)
+        response_class = GetMessageClass(method.output_type)
+
+        def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
+            arrived = time.monotonic()
+            requests = tuple(request) if method.client_streaming else (request,)
+            responses = self._serve(method, requests, context, arrived)
+            return responses if method.server_streaming else next(responses, response_class())
+
+        kinds = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }
+        make = kinds[(method.client_streaming, method.server_streaming)]
+        return make(
+            behaviour,
+            request_deserializer=request_class.FromString,
+            response_serializer=response_class.SerializeToString,
+        )
+
+    def _serve(
+        self,
+        method: MethodDescriptor,
+        requests: tuple[Message, ...],
+        context: grpc.ServicerContext,
+        arrived: float,
+    ) -> Iterator[Message]:
+        metadata = tuple((item[0], item[1]) for item in context.invocation_metadata())
+        call = RecordedCall(method.name, metadata, requests, arrived)
+        with self._lock:
+            self._calls.append(call)
+        denial, granted = self._authorize(method, call)
+        if denial is not None:
+            yield from self._play(method, denial, context)
+            return
+        with self._lock:
+            script = self._scripts.get(method.name)
+            outcome = script.popleft() if script else self._defaults.get(method.name)
+        if outcome is not None:
+            yield from self._play(method, outcome, context)
+        elif method.name == "MyScopes":
+            yield self._my_scopes(granted)
+        else:
+            count = _DEFAULT_STREAM_LENGTH if method.server_streaming else 1
+            for _ in range(count):
+                yield _status_message(method, status_code_pb2.SUCCESS)
+
+    def _authorize(
+        self, method: MethodDescriptor, call: RecordedCall
+    ) -> tuple[Status | None, frozenset[str] | None]:
+        """Return (denial or None, the caller's scopes or None for every scope)."""
+        if self._secrets is None:
+            return None, None
+        authorization = call.header("authorization")
+        secret = call.header("x-clarifai-session-token")
+        invalid = status_code_pb2.CONN_KEY_INVALID
+        if authorization is not None:
+            scheme, _, secret = authorization.partition(" ")
+            if scheme != "Key" or not secret:
+                return Status(invalid, "Invalid request: authorization is not 'Key <secret>'"), None
+        elif secret is None:
+            return Status(invalid, "Invalid request: no authorization header"), None
+        if secret not in self._secrets:
+            return Status(invalid, "API key not found"), None
+        granted = self._secrets[secret]
+        missing = _REQUIRED_SCOPES[method.name] - granted if granted is not None else set()
+        if missing:
+            description = f"Missing scopes: {', '.join(sorted(missing))}"
+            return Status(status_code_pb2.CONN_INSUFFICIENT_SCOPES, description), granted
+        return None, granted
+
+    def _my_scopes(self, granted: frozenset[str] | None) -> Message:
+        scopes = _ALL_SCOPES if granted is None else granted
+        response = service_pb2.MultiScopeResponse()
+        response.status.code = status_code_pb2.SUCCESS
+        response.scopes.extend(sorted(scopes))
+        response.endpoints.extend(
+            name
+            for name, needed in _REQUIRED_SCOPES.items()
+            if granted is None or needed <= granted
+        )
+        return response
+
+    def _play(
+        self, method: MethodDescriptor, outcome: _Played, context: grpc.ServicerContext
+    ) -> Iterator[Message]:
+        if isinstance(outcome, Delay):
+            ended = threading.Event()
+            if context.add_callback(ended.set):
+                ended.wait(outcome.seconds)
+            if context.is_active():
+                yield from self._play(method, _normalize(method, outcome.then), context)
+        elif isinstance(outcome, Fail):
+            _abort(context, outcome)
+        elif isinstance(outcome, Status):
+            yield _status_message(method, outcome.code, outcome.description)
+        elif isinstance(outcome, Reply):
+            yield outcome.message
+        else:
+            yield from outcome.messages
+            if outcome.error is not None:
+                _abort(context, outcome.error)
