@@ -14,6 +14,7 @@ from ._retry import (
     NEVER_RETRIED_CODES,
     NEVER_RETRIED_STATUSES,
     NO_RETRY,
+    RetryBudget,
     RetryPolicy,
 )
 from .exceptions import CredentialsProviderError, MissingCredentialsError
@@ -30,6 +31,7 @@ __all__ = [
     "Credentials",
     "CredentialsProviderError",
     "MissingCredentialsError",
+    "RetryBudget",
     "RetryPolicy",
     "__version__",
     "insecure_channel",

@@ -16,13 +16,13 @@ from typing import Any
 
 import grpc
 
-from ._retry import Retry, RetryPolicy, time_left
+from ._retry import Attempts, time_left
 
 __all__ = ["RetryFuture", "RetryingStream", "response_stream", "settled", "unary_response"]
 
 log = logging.getLogger("clarifai_interceptor")
 
-Start = Callable[[], Any]  # starts one attempt (with the time left) and returns its call
+Start = Callable[[int], Any]  # starts attempt number n (with the time left); returns its call
 
 
 def settled(call: Any) -> object:
@@ -46,33 +46,35 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
     blocked. Resolves to the final attempt's outcome, unchanged.
     """
 
-    def __init__(
-        self, policy: RetryPolicy, method: str, deadline: float | None, start: Start, first: Any
-    ) -> None:
-        self._policy = policy
-        self._method = method
-        self._deadline = deadline
+    def __init__(self, attempts: Attempts, start: Start, first: Any, wait: float | None) -> None:
+        """Go on from ``first``: wait ``wait`` seconds and retry, or (None) await its outcome."""
+        self._attempts = attempts
         self._start = start
         self._context = contextvars.copy_context()
         self._cond = threading.Condition()
-        self._retry: Retry | None = None
         self._call = first
         self._final: Any = None
         self._cancelled = False
         self._timer: threading.Timer | None = None
         self._callbacks: list[Callable[[Any], None]] = []
-        first.add_done_callback(self._on_done)
+        if wait is None:
+            first.add_done_callback(self._on_done)
+        else:
+            self._schedule(wait, first)
 
     def _on_done(self, call: Any) -> None:
         wait = None
         if not self._cancelled and not call.cancelled():
-            outcome = settled(call)
-            if self._policy.transient(outcome):
-                if self._retry is None:
-                    self._retry = Retry(self._policy, self._method, self._deadline)
-                wait = self._retry.after(outcome)
+            wait = self._attempts.after(settled(call))
+        if wait is None:
+            self._finish(call)
+        else:
+            self._schedule(wait, call)
+
+    def _schedule(self, wait: float, call: Any) -> None:
         with self._cond:
-            if wait is not None and not self._cancelled:
+            if not self._cancelled:
+                # The next attempt runs on a timer thread, in the caller's context.
                 self._timer = threading.Timer(wait, self._context.copy().run, (self._next,))
                 self._timer.daemon = True
                 self._timer.start()
@@ -83,7 +85,7 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         with self._cond:
             if self._cancelled:
                 return
-            self._call = call = self._start()
+            self._call = call = self._start(self._attempts.number)
         call.add_done_callback(self._on_done)
 
     def _finish(self, call: Any) -> None:
@@ -154,7 +156,7 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         return self._final is None
 
     def time_remaining(self) -> float | None:
-        return time_left(self._deadline)
+        return time_left(self._attempts.deadline)
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
         return bool(self._call.add_callback(callback))
@@ -184,12 +186,8 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
     status. Callbacks added before then are attached to the attempt that is kept.
     """
 
-    def __init__(
-        self, policy: RetryPolicy, method: str, deadline: float | None, start: Start, first: Any
-    ) -> None:
-        self._policy = policy
-        self._method = method
-        self._deadline = deadline
+    def __init__(self, attempts: Attempts, start: Start, first: Any) -> None:
+        self._attempts = attempts
         self._start = start
         self._call = first
         self._committed = False
@@ -213,7 +211,6 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
     next = __next__  # grpc's own response iterators have it too
 
     def _commit(self) -> None:
-        retry: Retry | None = None
         while True:
             outcome: Any
             try:
@@ -222,17 +219,15 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
                 outcome = _END
             except grpc.RpcError as exc:
                 outcome = exc
-            wait = None
-            if outcome is not _END and not self._cancelled and self._policy.transient(outcome):
-                if retry is None:
-                    retry = Retry(self._policy, self._method, self._deadline)
-                wait = retry.after(outcome)
+            if outcome is _END or self._cancelled:
+                break
+            wait = self._attempts.after(outcome)
             if wait is None:
                 break
             self._call.cancel()  # a retryable first message: that attempt is abandoned
             if self._sleep(wait):
                 break
-            self._call = self._start()
+            self._call = self._start(self._attempts.number)
         self._committed = True
         for callback in self._callbacks:
             self._call.add_callback(callback)
@@ -287,22 +282,24 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
         return self._settle().code()
 
     def details(self) -> str | None:
-        return self._settle().details()
+        details: str | None = self._settle().details()
+        return details
 
 
-def unary_response(
-    policy: RetryPolicy, method: str, deadline: float | None, start: Start, first: Any
-) -> Any:
-    """The first attempt's call if it is final, else a `RetryFuture` that goes on from it."""
-    if policy.max_attempts == 1 or (first.done() and not policy.transient(settled(first))):
+def unary_response(attempts: Attempts, start: Start) -> Any:
+    """Start a unary-response call: its first attempt's call if final, else a `RetryFuture`."""
+    first = start(1)
+    if attempts.policy.max_attempts == 1:
         return first
-    return RetryFuture(policy, method, deadline, start, first)
+    if not first.done():  # future(): judged when it ends, without blocking the caller
+        return RetryFuture(attempts, start, first, None)
+    wait = attempts.after(settled(first))
+    return first if wait is None else RetryFuture(attempts, start, first, wait)
 
 
-def response_stream(
-    policy: RetryPolicy, method: str, deadline: float | None, start: Start, first: Any
-) -> Any:
-    """The first attempt's stream, wrapped in a `RetryingStream` if the policy may retry."""
-    if policy.max_attempts == 1:
+def response_stream(attempts: Attempts, start: Start) -> Any:
+    """Start a response-streaming call, wrapped in a `RetryingStream` if it may be retried."""
+    first = start(1)
+    if attempts.policy.max_attempts == 1:
         return first
-    return RetryingStream(policy, method, deadline, start, first)
+    return RetryingStream(attempts, start, first)

@@ -17,7 +17,7 @@ import grpc
 from ._calls import response_stream, unary_response
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core, method_name
-from ._metadata import Pairs
+from ._metadata import Pairs, for_attempt
 from ._request import fill_wrap, filling_serializer
 from ._retry import NO_RETRY, RetryPolicy, run, time_left
 
@@ -89,21 +89,27 @@ class _Callable:
     ) -> Any:
         pairs, requests, policy = self._begin(request, streaming, metadata)
         deadline = policy.deadline(timeout)
+        attempts = self._core.attempts(policy, self._method, deadline)
         call = getattr(self._mc, how)
 
-        def start() -> Any:
-            return call(requests(), timeout=time_left(deadline), metadata=pairs, **kwargs)
+        def start(number: int) -> Any:
+            return call(
+                requests(),
+                timeout=time_left(deadline),
+                metadata=for_attempt(pairs, number),
+                **kwargs,
+            )
 
         if how == "future":
-            return unary_response(policy, self._method, deadline, start, start())
+            return unary_response(attempts, start)
 
-        def attempt() -> Any:
+        def attempt(number: int) -> Any:
             try:
-                return start()
+                return start(number)
             except grpc.RpcError as exc:
                 return exc
 
-        outcome = run(policy, self._method, deadline, attempt, _VIEWS[how])
+        outcome = run(attempts, attempt, _VIEWS[how])
         if isinstance(outcome, grpc.RpcError):
             raise outcome
         return outcome
@@ -115,12 +121,18 @@ class _Callable:
         # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
         # the caller's own timeout bounds the stream.
         call_deadline = None if timeout is None else time.monotonic() + timeout
+        attempts = self._core.attempts(policy, self._method, policy.deadline(timeout))
         mc = self._mc
 
-        def start() -> Any:
-            return mc(requests(), timeout=time_left(call_deadline), metadata=pairs, **kwargs)
+        def start(number: int) -> Any:
+            return mc(
+                requests(),
+                timeout=time_left(call_deadline),
+                metadata=for_attempt(pairs, number),
+                **kwargs,
+            )
 
-        return response_stream(policy, self._method, policy.deadline(timeout), start, start())
+        return response_stream(attempts, start)
 
 
 class _UnaryUnary(_Callable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import Any
 
 from ._context import CREDENTIALS, RETRY, CredentialsSource, check_source
 from ._credentials import Credentials
 from ._metadata import Pairs, merge
-from ._retry import NO_RETRY, RetryPolicy
+from ._retry import NO_RETRY, Attempts, RetryBudget, RetryPolicy, TokenBucket
 from .exceptions import CredentialsProviderError
 
 __all__ = ["DEFAULT_RETRY", "Core", "method_name"]
@@ -20,7 +21,7 @@ DEFAULT_RETRY = RetryPolicy()
 class Core:
     """The defaults one interceptor or channel was built with, resolved per call."""
 
-    __slots__ = ("credentials", "retry")
+    __slots__ = ("_buckets", "_lock", "credentials", "retry")
 
     def __init__(self, credentials: CredentialsSource | None, retry: RetryPolicy | None) -> None:
         # Built now, not at the first call: a missing secret fails where the channel is made.
@@ -31,10 +32,23 @@ class Core:
             raise TypeError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
         self.credentials: CredentialsSource = credentials
         self.retry = NO_RETRY if retry is None else retry
+        self._buckets: dict[RetryBudget, TokenBucket] = {}
+        self._lock = threading.Lock()
 
     def policy(self) -> RetryPolicy:
         """The retry policy for a call made now."""
         return RETRY.get() or self.retry
+
+    def attempts(self, policy: RetryPolicy, method: str, deadline: float | None) -> Attempts:
+        """A call's `Attempts`, sharing this channel's token bucket for the policy's budget."""
+        budget = policy.budget
+        if budget is None:
+            return Attempts(policy, method, deadline)
+        bucket = self._buckets.get(budget)
+        if bucket is None:
+            with self._lock:
+                bucket = self._buckets.setdefault(budget, TokenBucket(budget))
+        return Attempts(policy, method, deadline, bucket)
 
     def resolve(
         self, metadata: Iterable[tuple[str, Any]] | None

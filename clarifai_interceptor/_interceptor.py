@@ -12,6 +12,7 @@ from ._calls import response_stream, unary_response
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core, method_name
 from ._credentials import Credentials
+from ._metadata import for_attempt
 from ._request import fill_copy
 from ._retry import NO_RETRY, RetryPolicy, time_left
 
@@ -40,6 +41,9 @@ def _requests(credentials: Credentials | None, requests: Any) -> Callable[[], It
     if credentials is None:
         return lambda: iter(requests)
     return lambda: (fill_copy(credentials, r) for r in requests)
+
+
+_Details = Callable[[int, float | None], Any]  # (attempt number, timeout) -> call details
 
 
 class ClarifaiInterceptor(
@@ -74,20 +78,20 @@ class ClarifaiInterceptor(
     def __repr__(self) -> str:
         return f"ClarifaiInterceptor(retry={self._core.retry!r})"
 
-    def _prepare(self, details: Any) -> tuple[Callable[[float | None], Any], Credentials | None]:
+    def _prepare(self, details: Any) -> tuple[_Details, Credentials | None]:
         metadata, credentials = self._core.resolve(details.metadata)
 
-        def with_timeout(timeout: float | None) -> _CallDetails:
+        def for_call(number: int, timeout: float | None) -> _CallDetails:
             return _CallDetails(
                 details.method,
                 timeout,
-                metadata,
+                for_attempt(metadata, number),
                 details.credentials,
                 details.wait_for_ready,
                 details.compression,
             )
 
-        return with_timeout, credentials
+        return for_call, credentials
 
     # The four hooks below are gRPC's interface, not part of this package's API.
 
@@ -97,14 +101,7 @@ class ClarifaiInterceptor(
         """Not part of the API: gRPC's hook for unary-unary calls."""
         details, credentials = self._prepare(client_call_details)
         request = fill_copy(credentials, request)
-        policy = self._core.policy()
-        deadline = policy.deadline(client_call_details.timeout)
-
-        def start() -> Any:
-            return continuation(details(time_left(deadline)), request)
-
-        method = method_name(client_call_details.method)
-        return unary_response(policy, method, deadline, start, start())
+        return self._unary(continuation, client_call_details, details, lambda: request)
 
     def intercept_unary_stream(
         self, continuation: Any, client_call_details: Any, request: Any
@@ -120,16 +117,8 @@ class ClarifaiInterceptor(
         """Not part of the API: gRPC's hook for stream-unary calls."""
         details, credentials = self._prepare(client_call_details)
         requests = _requests(credentials, request_iterator)
-        policy = self._core.policy()
-        if not isinstance(request_iterator, list | tuple):
-            policy = NO_RETRY  # an iterator cannot be replayed
-        deadline = policy.deadline(client_call_details.timeout)
-
-        def start() -> Any:
-            return continuation(details(time_left(deadline)), requests())
-
-        method = method_name(client_call_details.method)
-        return unary_response(policy, method, deadline, start, start())
+        replayable = isinstance(request_iterator, list | tuple)
+        return self._unary(continuation, client_call_details, details, requests, replayable)
 
     def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
@@ -140,11 +129,28 @@ class ClarifaiInterceptor(
         replayable = isinstance(request_iterator, list | tuple)
         return self._stream(continuation, client_call_details, details, requests, replayable)
 
+    def _unary(
+        self,
+        continuation: Any,
+        call_details: Any,
+        details: _Details,
+        request: Callable[[], Any],
+        replayable: bool = True,
+    ) -> Any:
+        policy = self._core.policy() if replayable else NO_RETRY
+        deadline = policy.deadline(call_details.timeout)
+        attempts = self._core.attempts(policy, method_name(call_details.method), deadline)
+
+        def start(number: int) -> Any:
+            return continuation(details(number, time_left(deadline)), request())
+
+        return unary_response(attempts, start)
+
     def _stream(
         self,
         continuation: Any,
         call_details: Any,
-        details: Callable[[float | None], Any],
+        details: _Details,
         request: Callable[[], Any],
         replayable: bool = True,
     ) -> Any:
@@ -153,9 +159,10 @@ class ClarifaiInterceptor(
         # the caller's own timeout bounds the stream.
         timeout = call_details.timeout
         call_deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = policy.deadline(timeout)
+        attempts = self._core.attempts(policy, method_name(call_details.method), deadline)
 
-        def start() -> Any:
-            return continuation(details(time_left(call_deadline)), request())
+        def start(number: int) -> Any:
+            return continuation(details(number, time_left(call_deadline)), request())
 
-        method = method_name(call_details.method)
-        return response_stream(policy, method, policy.deadline(timeout), start, start())
+        return response_stream(attempts, start)

@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._credentials import CREDENTIAL_KEYS, Credentials
+from ._retry import ATTEMPT_HEADER
 
-__all__ = ["Pairs", "merge", "validate"]
+__all__ = ["Pairs", "for_attempt", "merge", "validate"]
 
 Pairs = tuple[tuple[str, Any], ...]
 
@@ -53,3 +54,8 @@ def merge(
         assert credentials is not None  # noqa: S101 (add implies it)
         return pairs + credentials.metadata, True
     return pairs, False
+
+
+def for_attempt(pairs: Pairs, number: int) -> Pairs:
+    """The metadata for attempt ``number``: retry k carries ``x-retry-attempt: k``."""
+    return pairs if number == 1 else (*pairs, (ATTEMPT_HEADER, str(number - 1)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,14 +21,19 @@ import tenacity as _t
 from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 
 __all__ = [
+    "ATTEMPT_HEADER",
     "DEFAULT_RETRYABLE_CODES",
     "DEFAULT_RETRYABLE_STATUSES",
     "NEVER_RETRIED_CODES",
     "NEVER_RETRIED_STATUSES",
     "NO_RETRY",
+    "Attempts",
     "Retry",
+    "RetryBudget",
     "RetryPolicy",
+    "TokenBucket",
     "describe",
+    "pushback",
     "run",
     "time_left",
 ]
@@ -73,6 +79,54 @@ def _number(name: str, value: object, *, low: float, allow_low: bool = True) -> 
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBudget:
+    """A retry budget (gRFC A6 "retryThrottling"): a token bucket per channel or interceptor.
+
+    Each attempt that fails with a retryable outcome takes a token; each successful response
+    gives back ``token_ratio``. While the bucket holds ``max_tokens / 2`` or fewer, no retries
+    are made (first attempts always are), so under an outage attempts per call fall towards one.
+
+    Attributes:
+        max_tokens: The bucket's size, and its content at the start.
+        token_ratio: What a success gives back.
+
+    Raises:
+        ValueError: ``max_tokens`` is not positive or ``token_ratio`` is negative.
+    """
+
+    max_tokens: float = 10.0
+    token_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        _number("max_tokens", self.max_tokens, low=0, allow_low=False)
+        _number("token_ratio", self.token_ratio, low=0)
+
+
+class TokenBucket:
+    """The shared state of a `RetryBudget`: thread-safe, and safe across asyncio tasks."""
+
+    __slots__ = ("_lock", "budget", "tokens")
+
+    def __init__(self, budget: RetryBudget) -> None:
+        self.budget = budget
+        self.tokens = float(budget.max_tokens)
+        self._lock = threading.Lock()
+
+    def record(self, transient: bool, outcome: object) -> None:
+        """Take a token for a transient failure; give some back for a successful response."""
+        if transient:
+            with self._lock:
+                self.tokens = max(0.0, self.tokens - 1.0)
+        elif self.tokens < self.budget.max_tokens and not isinstance(outcome, grpc.RpcError):
+            with self._lock:
+                self.tokens = min(self.budget.max_tokens, self.tokens + self.budget.token_ratio)
+
+    def allows_retry(self) -> bool:
+        """Whether the bucket holds more than half its size."""
+        return self.tokens > self.budget.max_tokens / 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
     """When and how a call is retried. Immutable: change with ``dataclasses.replace``.
 
@@ -95,6 +149,8 @@ class RetryPolicy:
             stream it bounds only the retrying, not the stream itself.
         retryable_codes: gRPC status codes that are retried.
         retryable_statuses: Clarifai in-body ``status.code`` values that are retried.
+        budget: The `RetryBudget` whose bucket (one per channel or interceptor) limits retries;
+            None for no limit beyond ``max_attempts``.
 
     Raises:
         ValueError: A number is out of range, or a scope, auth or CANCELLED code is listed.
@@ -108,6 +164,7 @@ class RetryPolicy:
     timeout: float | None = 30.0
     retryable_codes: frozenset[grpc.StatusCode] = field(default=DEFAULT_RETRYABLE_CODES)
     retryable_statuses: frozenset[int] = field(default=DEFAULT_RETRYABLE_STATUSES)
+    budget: RetryBudget | None = RetryBudget()
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool):
@@ -138,6 +195,8 @@ class RetryPolicy:
                 f"retryable_statuses may not include {', '.join(bad)}: scope and auth errors "
                 "always pass straight through"
             )
+        if self.budget is not None and not isinstance(self.budget, RetryBudget):
+            raise ValueError("budget must be a RetryBudget or None")
 
     def _set(self, name: str, values: Iterable[Any], kind: type) -> frozenset[Any]:
         if isinstance(values, str | bytes) or not isinstance(values, Iterable):
@@ -195,49 +254,73 @@ def describe(outcome: object) -> str:
     return "message"
 
 
+PUSHBACK = "grpc-retry-pushback-ms"
+#: The header that tells the server which retry an attempt is (absent on the first attempt).
+ATTEMPT_HEADER = "x-retry-attempt"
+
+
+def pushback(outcome: object) -> float | None:
+    """The server's pushback in seconds (gRFC A6), -1.0 for "do not retry", or None if absent."""
+    if not isinstance(outcome, grpc.RpcError):
+        return None
+    trailing = getattr(outcome, "trailing_metadata", None)
+    for key, value in (trailing() if trailing is not None else None) or ():
+        if key == PUSHBACK:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+            return int(text) / 1000 if text.isdigit() else -1.0
+    return None
+
+
 def _last_outcome(state: _t.RetryCallState) -> Any:
     assert state.outcome is not None  # noqa: S101 (tenacity sets it before stopping)
     return state.outcome.result()
 
 
-class _stop_before_deadline(_t.stop.stop_base):  # noqa: N801 (named like tenacity's stops)
-    """Stop when the next wait would reach the deadline: no wait runs past it."""
+class _stop_early(_t.stop.stop_base):  # noqa: N801 (named like tenacity's stops)
+    """Stop when the next wait would reach the deadline, the budget is spent, or the server
+    pushed back with "do not retry"."""
 
-    def __init__(self, deadline: float | None) -> None:
+    def __init__(self, deadline: float | None, bucket: TokenBucket | None) -> None:
         self.deadline = deadline
+        self.bucket = bucket
 
     def __call__(self, state: _t.RetryCallState) -> bool:
         deadline = self.deadline
-        return deadline is not None and time.monotonic() + state.upcoming_sleep >= deadline
+        if deadline is not None and time.monotonic() + state.upcoming_sleep >= deadline:
+            return True
+        if self.bucket is not None and not self.bucket.allows_retry():
+            return True
+        return pushback(_last_outcome(state)) == -1.0
 
 
 class Retry:
     """The retries of one call, decided by a fresh tenacity ``Retrying``, driven step by step.
 
-    Build one only after a transient first outcome (the happy path never pays for tenacity),
-    then feed it each outcome: `after` returns the seconds to wait before the next attempt, or
-    None when the outcome is final (not transient, attempts used up, or the deadline too near).
+    Built by `Attempts` only after a transient outcome: the happy path never pays for tenacity.
     """
 
     __slots__ = ("_retrying", "_state", "method")
 
-    def __init__(self, policy: RetryPolicy, method: str, deadline: float | None) -> None:
+    def __init__(
+        self, policy: RetryPolicy, method: str, deadline: float | None, bucket: TokenBucket | None
+    ) -> None:
         self.method = method
 
+        def wait(state: _t.RetryCallState) -> float:
+            seconds = pushback(_last_outcome(state))
+            if seconds is not None and seconds >= 0:
+                return seconds
+            return policy.backoff(state.attempt_number)
+
         self._retrying = _t.Retrying(
-            stop=_t.stop_after_attempt(policy.max_attempts) | _stop_before_deadline(deadline),
-            wait=lambda state: policy.backoff(state.attempt_number),
+            stop=_t.stop_after_attempt(policy.max_attempts) | _stop_early(deadline, bucket),
+            wait=wait,
             retry=_t.retry_if_result(policy.transient),
             before_sleep=self._log,
             retry_error_callback=_last_outcome,
             reraise=True,
         )
         self._state = _t.RetryCallState(self._retrying, fn=None, args=(), kwargs={})
-
-    @property
-    def attempt(self) -> int:
-        """The number of the attempt whose outcome was fed last (1 for the first)."""
-        return self._state.attempt_number
 
     def after(self, outcome: object) -> float | None:
         """Seconds to wait before the next attempt, or None if ``outcome`` is final."""
@@ -260,6 +343,46 @@ class Retry:
         )
 
 
+class Attempts:
+    """One call's attempts: judge each outcome, and say how long to wait before the next one.
+
+    Every front end drives its calls through one of these: feed `after` each outcome (a
+    ``grpc.RpcError`` or a response); it returns the seconds to wait before attempt `number`,
+    or None when the outcome is final and goes to the caller as is.
+    """
+
+    __slots__ = ("_retry", "bucket", "deadline", "method", "number", "policy")
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        method: str,
+        deadline: float | None,
+        bucket: TokenBucket | None = None,
+    ) -> None:
+        self.policy = policy
+        self.method = method
+        self.deadline = deadline
+        self.bucket = bucket
+        self.number = 1
+        self._retry: Retry | None = None
+
+    def after(self, outcome: object) -> float | None:
+        """Seconds to wait before the next attempt, or None if ``outcome`` is final."""
+        policy = self.policy
+        transient = policy.transient(outcome)
+        if self.bucket is not None:
+            self.bucket.record(transient, outcome)
+        if not transient or policy.max_attempts == 1:
+            return None
+        if self._retry is None:
+            self._retry = Retry(policy, self.method, self.deadline, self.bucket)
+        wait = self._retry.after(outcome)
+        if wait is not None:
+            self.number += 1
+        return wait
+
+
 T = TypeVar("T")
 
 
@@ -267,25 +390,14 @@ def _same(outcome: object) -> object:
     return outcome
 
 
-def run(
-    policy: RetryPolicy,
-    method: str,
-    deadline: float | None,
-    attempt: Callable[[], T],
-    view: Callable[[T], object] = _same,
-) -> T:
-    """Run ``attempt()`` until its outcome is final; return the last outcome as is.
+def run(attempts: Attempts, attempt: Callable[[int], T], view: Callable[[T], object] = _same) -> T:
+    """Run ``attempt(number)`` until its outcome is final; return the last outcome as is.
 
-    ``attempt`` gives itself the time left before the deadline.
-
-    ``view`` maps what ``attempt`` returns to the outcome the policy judges (an RpcError or a
-    response). The first attempt runs without any retry machinery.
+    ``attempt`` gives itself the time left before the deadline; ``view`` maps what it returns
+    to the outcome the policy judges (an RpcError or a response).
     """
-    outcome = attempt()
-    if policy.max_attempts == 1 or not policy.transient(view(outcome)):
-        return outcome
-    retry = Retry(policy, method, deadline)
-    while (wait := retry.after(view(outcome))) is not None:
+    outcome = attempt(1)
+    while (wait := attempts.after(view(outcome))) is not None:
         time.sleep(wait)
-        outcome = attempt()
+        outcome = attempt(attempts.number)
     return outcome

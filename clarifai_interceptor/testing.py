@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, NoReturn, TypeAlias, cast
 
 import grpc
 from clarifai_grpc.grpc.api import service_pb2
@@ -215,6 +215,7 @@ def _abort(context: grpc.ServicerContext, fail: Fail) -> NoReturn:
     if fail.trailing_metadata:
         context.set_trailing_metadata(fail.trailing_metadata)
     context.abort(fail.code, fail.details)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
 class FakeClarifai:
@@ -447,7 +448,7 @@ class FakeClarifai:
 
     def _my_scopes(self, granted: frozenset[str] | None) -> Message:
         scopes = _ALL_SCOPES if granted is None else granted
-        response = service_pb2.MultiScopeResponse()
+        response: Any = service_pb2.MultiScopeResponse()
         response.status.code = status_code_pb2.SUCCESS
         response.scopes.extend(sorted(scopes))
         response.endpoints.extend(
@@ -455,7 +456,7 @@ class FakeClarifai:
             for name, needed in _REQUIRED_SCOPES.items()
             if granted is None or needed <= granted
         )
-        return response
+        return cast("Message", response)
 
     def _play(
         self, method: MethodDescriptor, outcome: _Played, context: grpc.ServicerContext
