@@ -1,0 +1,44 @@
+"""The public API: exported names, and what importing the package sets up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import clarifai_interceptor
+from clarifai_interceptor import exceptions
+
+
+def test_all_is_sorted_and_complete() -> None:
+    public = {
+        name
+        for name, value in vars(clarifai_interceptor).items()
+        if not name.startswith("_")
+        and getattr(value, "__module__", "").startswith("clarifai_interceptor")
+    }
+    names = clarifai_interceptor.__all__
+    # isort-style order, as ruff's RUF022 keeps it: constants, then classes, then the rest.
+    assert names == sorted(names, key=lambda n: (not n.isupper(), not n[:1].isupper(), n))
+    assert public <= set(clarifai_interceptor.__all__)
+    for name in clarifai_interceptor.__all__:
+        assert hasattr(clarifai_interceptor, name), name
+
+
+def test_exceptions_are_reexported() -> None:
+    for name in exceptions.__all__:
+        assert getattr(clarifai_interceptor, name) is getattr(exceptions, name)
+    assert issubclass(clarifai_interceptor.MissingCredentialsError, ValueError)
+
+
+def test_importing_fixes_the_v2stub_quirk_in_a_fresh_process() -> None:
+    code = (
+        "import grpc, clarifai_interceptor\n"
+        "from clarifai_grpc.grpc.api import service_pb2_grpc\n"
+        "service_pb2_grpc.V2Stub(grpc.insecure_channel('localhost:1'))\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
