@@ -135,60 +135,52 @@ class _Callable:
         return response_stream(attempts, start)
 
 
-class _UnaryUnary(_Callable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
+class _UnaryResponse(_Callable):
     __slots__ = ()
+    _streaming = False  # whether the request is a stream
 
     def __call__(
         self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
     ) -> Any:
-        return self._unary("__call__", request, False, timeout, metadata, kwargs)
+        return self._unary("__call__", request, self._streaming, timeout, metadata, kwargs)
 
     def with_call(
         self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
     ) -> Any:
-        return self._unary("with_call", request, False, timeout, metadata, kwargs)
+        return self._unary("with_call", request, self._streaming, timeout, metadata, kwargs)
 
     def future(
         self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
     ) -> Any:
-        return self._unary("future", request, False, timeout, metadata, kwargs)
+        return self._unary("future", request, self._streaming, timeout, metadata, kwargs)
 
 
-class _StreamUnary(_Callable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
+class _ResponseStream(_Callable):
     __slots__ = ()
-
-    def __call__(
-        self, requests: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
-    ) -> Any:
-        return self._unary("__call__", requests, True, timeout, metadata, kwargs)
-
-    def with_call(
-        self, requests: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
-    ) -> Any:
-        return self._unary("with_call", requests, True, timeout, metadata, kwargs)
-
-    def future(
-        self, requests: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
-    ) -> Any:
-        return self._unary("future", requests, True, timeout, metadata, kwargs)
-
-
-class _UnaryStream(_Callable, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
-    __slots__ = ()
+    _streaming = False
 
     def __call__(
         self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
     ) -> Any:
-        return self._stream(request, False, timeout, metadata, kwargs)
+        return self._stream(request, self._streaming, timeout, metadata, kwargs)
 
 
-class _StreamStream(_Callable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
+class _UnaryUnary(_UnaryResponse, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
     __slots__ = ()
 
-    def __call__(
-        self, requests: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
-    ) -> Any:
-        return self._stream(requests, True, timeout, metadata, kwargs)
+
+class _StreamUnary(_UnaryResponse, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+    _streaming = True
+
+
+class _UnaryStream(_ResponseStream, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+
+class _StreamStream(_ResponseStream, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+    _streaming = True
 
 
 class _Channel(grpc.Channel):  # type: ignore[misc]
@@ -329,6 +321,8 @@ def wrap_channel(
     """
     if isinstance(channel, grpc.aio.Channel):
         raise TypeError("wrap_channel takes a sync grpc.Channel; use clarifai_interceptor.aio")
+    if not callable(getattr(channel, "unary_unary", None)):
+        raise TypeError(f"wrap_channel takes a grpc.Channel, not {type(channel).__name__}")
     return _Channel(channel, Core(credentials, retry))
 
 
