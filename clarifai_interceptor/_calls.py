@@ -85,8 +85,16 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         with self._cond:
             if self._cancelled:
                 return
-            self._call = call = self._start(self._attempts.number)
-        call.add_done_callback(self._on_done)
+            previous = self._call
+            try:
+                self._call = call = self._start(self._attempts.number)
+            except Exception:  # e.g. the channel was closed during the wait
+                log.debug("a retry could not start; the last outcome stands", exc_info=True)
+                call = None
+        if call is None:
+            self._finish(previous)
+        else:
+            call.add_done_callback(self._on_done)
 
     def _finish(self, call: Any) -> None:
         with self._cond:
@@ -111,10 +119,10 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
                 return False
             self._cancelled = True
             timer, call = self._timer, self._call
-        if timer is not None and timer.is_alive():
+        if timer is not None:
             timer.cancel()
-            self._finish(call)
         call.cancel()
+        self._finish(call)  # cancelled at once, as gRPC's own futures are
         return True
 
     def cancelled(self) -> bool:
@@ -179,6 +187,43 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
 _END = object()
 
 
+class CancelledCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """The outcome of a stream cancelled while it waited to retry: no attempt was in flight."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.CANCELLED
+
+    def details(self) -> str:
+        return "Cancelled by the caller while waiting to retry"
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:  # noqa: ARG002 (never runs)
+        return False
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def __next__(self) -> Any:
+        raise self
+
+    def __str__(self) -> str:
+        return f"<{type(self).__name__} {self.code()}: {self.details()}>"
+
+
 class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
     """A response stream retried only until its first message reaches the caller.
 
@@ -193,7 +238,7 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
         self._committed = False
         self._cancelled = False
         self._head: Any = _END
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Callable[[Any], None]] = []  # attached when the stream commits
         self._cond = threading.Condition()
 
     def __iter__(self) -> RetryingStream:
@@ -226,11 +271,12 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
                 break
             self._call.cancel()  # a retryable first message: that attempt is abandoned
             if self._sleep(wait):
+                self._call = outcome = CancelledCall()
                 break
             self._call = self._start(self._attempts.number)
         self._committed = True
         for callback in self._callbacks:
-            self._call.add_callback(callback)
+            self._call.add_done_callback(callback)
         self._callbacks.clear()
         if isinstance(outcome, grpc.RpcError):
             raise outcome
@@ -250,10 +296,11 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
 
     # grpc.Call / grpc.RpcContext
     def cancel(self) -> bool:
-        self._cancelled = True
         with self._cond:
+            self._cancelled = True
             self._cond.notify_all()
-        return bool(self._call.cancel())
+        # Between attempts there is no live call, but the cancel still takes effect.
+        return bool(self._call.cancel()) or not self._committed
 
     def is_active(self) -> bool:
         return bool(self._call.is_active())
@@ -265,12 +312,15 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
     def add_callback(self, callback: Callable[[], None]) -> bool:
         if self._committed:
             return bool(self._call.add_callback(callback))
-        self._callbacks.append(callback)
+        self._callbacks.append(lambda _call: callback())
         return True
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        """Call ``fn(self)`` when the kept attempt ends."""
-        self.add_callback(lambda: fn(self))
+        """Call ``fn(self)`` when the kept attempt ends (at once if it has ended)."""
+        if self._committed:
+            self._call.add_done_callback(lambda _call: fn(self))
+        else:
+            self._callbacks.append(lambda _call: fn(self))
 
     def initial_metadata(self) -> Any:
         return self._settle().initial_metadata()

@@ -1,0 +1,107 @@
+"""Shared fixtures: a fake Clarifai server, the two sync paths, fake credentials, fast policies.
+
+Secrets here are obviously fake. Retry waits are zero (``FAST``): tests never sleep for a backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+from clarifai_grpc.grpc.api import service_pb2_grpc
+
+from clarifai_interceptor import (
+    ClarifaiInterceptor,
+    Credentials,
+    RetryPolicy,
+    wrap_channel,
+)
+from clarifai_interceptor._context import CREDENTIALS, RETRY
+from clarifai_interceptor.testing import FakeClarifai
+
+#: Seconds: every call in the tests has a timeout, so nothing can hang.
+T = 10
+
+PAT = "fake-pat-for-tests"
+USER = "fake-user"
+APP = "fake-app"
+API_KEY = "fake-api-key-for-tests"
+SESSION_TOKEN = "fake-session-token-for-tests"
+
+PAT_CREDS = Credentials.from_pat(PAT, user_id=USER, app_id=APP)
+KEY_CREDS = Credentials.from_api_key(API_KEY)
+SESSION_CREDS = Credentials.from_session_token(SESSION_TOKEN, user_id=USER, app_id=APP)
+
+#: The default policy with zero waits: retries happen at once.
+FAST = RetryPolicy(initial_backoff=0, jitter=0)
+
+PATHS = ("interceptor", "wrapper")
+
+
+@pytest.fixture(autouse=True)
+def _no_override_leaks() -> Iterator[None]:
+    """Fail a test that leaves a `use_credentials` / `use_retry` override set behind it."""
+    assert CREDENTIALS.get() is None, "a credentials override leaked into this test"
+    assert RETRY.get() is None, "a retry override leaked into this test"
+    yield
+    leaked = [name for name, var in (("credentials", CREDENTIALS), ("retry", RETRY)) if var.get()]
+    # Reset so one leak fails one test, not every test after it.
+    CREDENTIALS.set(None)
+    RETRY.set(None)
+    assert not leaked, f"override(s) leaked out of the test: {leaked}"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeClarifai]:
+    """A started `FakeClarifai` without auth checking; stopped after the test."""
+    with FakeClarifai() as server:
+        yield server
+
+
+@dataclass
+class Path:
+    """Builds channels and stubs to ``fake`` through one of the two sync paths.
+
+    ``interceptor``: ``grpc.intercept_channel(grpc.insecure_channel(...), ClarifaiInterceptor())``;
+    ``wrapper``: ``wrap_channel(grpc.insecure_channel(...))``. Every channel built is closed
+    after the test.
+    """
+
+    kind: str
+    target: str
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def channel(
+        self, credentials: Credentials | None = PAT_CREDS, *, retry: RetryPolicy | None = FAST
+    ) -> grpc.Channel:
+        raw = grpc.insecure_channel(self.target)
+        self._closers.append(raw.close)
+        if self.kind == "interceptor":
+            return grpc.intercept_channel(raw, ClarifaiInterceptor(credentials, retry=retry))
+        return wrap_channel(raw, credentials, retry=retry)
+
+    def stub(
+        self, credentials: Credentials | None = PAT_CREDS, *, retry: RetryPolicy | None = FAST
+    ) -> service_pb2_grpc.V2Stub:
+        return service_pb2_grpc.V2Stub(self.channel(credentials, retry=retry))
+
+    def close(self) -> None:
+        for close in self._closers:
+            close()
+        self._closers.clear()
+
+
+@pytest.fixture(params=PATHS)
+def path(request: pytest.FixtureRequest, fake: FakeClarifai) -> Iterator[Path]:
+    """One of the two sync paths to ``fake``; tests using it run once per path."""
+    built = Path(request.param, fake.target)
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def stub(path: Path) -> service_pb2_grpc.V2Stub:
+    """A `V2Stub` on ``path`` with `PAT_CREDS` and the `FAST` policy."""
+    return path.stub()

@@ -1,0 +1,518 @@
+"""Tests of the command line (``clarifai_interceptor.__main__``): in-process via ``main()``, and
+``python -m clarifai_interceptor`` in a subprocess. Every run against a fake has ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from clarifai_grpc.grpc.api import resources_pb2, service_pb2
+from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
+
+from clarifai_interceptor.__main__ import DEMO_NARROW_KEY, DEMO_PAT, main
+from clarifai_interceptor.testing import Delay, Fail, FakeClarifai, Outcome, Status
+
+CLI_PAT = "fake-cli-pat"
+UNKNOWN = "fake-unknown-secret"
+SCOPES = ["Apps_Get", "Concepts_Get", "Models_Get", "Predict"]  # what PostModelOutputs needs
+TIMEOUT = "5"  # seconds, for the CLI's own --timeout
+CASES = ["unavailable burst", "throttled", "streaming", "scope error"]
+CLARIFAI_VARS = (
+    "CLARIFAI_PAT",
+    "CLARIFAI_API_KEY",
+    "CLARIFAI_SESSION_TOKEN",
+    "CLARIFAI_USER_ID",
+    "CLARIFAI_APP_ID",
+    "CLARIFAI_GRPC_BASE",
+    "CLARIFAI_API_BASE",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_clarifai_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CLARIFAI_* variable from the machine running the tests leaks into them."""
+    for var in CLARIFAI_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def auth_fake() -> Iterator[FakeClarifai]:
+    """A fake that knows one secret, `CLI_PAT`, with the scopes in `SCOPES`."""
+    with FakeClarifai(secrets={CLI_PAT: SCOPES}) as fake:
+        yield fake
+
+
+def scopes(fake: FakeClarifai, *flags: str) -> int:
+    return main(["scopes", "--target", fake.target, "--insecure", "--timeout", TIMEOUT, *flags])
+
+
+def one_line(text: str) -> str:
+    """The single line ``text`` holds: an error is one line, without a traceback."""
+    assert "Traceback" not in text
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def no_secret(*texts: str) -> None:
+    for text in texts:
+        for secret in (CLI_PAT, UNKNOWN, DEMO_PAT, DEMO_NARROW_KEY):
+            assert secret not in text
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def test_demo_reports_each_case_as_it_goes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--timeout", TIMEOUT]) == 0
+    out, err = capsys.readouterr()
+    for number, name in enumerate(CASES, 1):
+        assert f"[{number}/4] {name}:" in out
+    assert out.count("as expected (") == 4
+    assert "NOT AS EXPECTED" not in out
+    assert out.count("got UNAVAILABLE; waiting") == 3  # two in the burst, one before the stream
+    assert out.count("got CONN_THROTTLED; waiting") == 1
+    assert "status CONN_INSUFFICIENT_SCOPES (Missing scopes: " in out
+    assert "authorization: Key <redacted>" in out
+    assert "user_app_id: demo-user/demo-app" in out
+    assert out.rstrip().endswith("all 4 cases went as expected")
+    assert err == ""
+    no_secret(out, err)
+
+
+def test_demo_json_is_one_document_with_the_scripted_attempts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--json", "--timeout", TIMEOUT]) == 0
+    out, err = capsys.readouterr()
+    no_secret(out, err)
+    cases = {case["name"]: case for case in json.loads(out)}
+    assert list(cases) == CASES
+    assert {name: case["attempts"] for name, case in cases.items()} == {
+        "unavailable burst": 3,
+        "throttled": 2,
+        "streaming": 2,
+        "scope error": 1,
+    }
+    assert all(case["ok"] and case["grpc_code"] == "OK" for case in cases.values())
+    assert [len(case["waits"]) for case in cases.values()] == [2, 1, 1, 0]
+    assert all(0.1 <= wait <= 1.0 for case in cases.values() for wait in case["waits"])
+    assert cases["streaming"]["messages"] == 3
+    scope_error = cases["scope error"]
+    assert scope_error["status"] == "CONN_INSUFFICIENT_SCOPES"
+    assert "Predict" in scope_error["description"]
+    assert scope_error["received"]["user_app_id"] is None  # an API key implies its app
+    burst = cases["unavailable burst"]
+    assert burst["method"] == "PostModelOutputs"
+    assert burst["status"] == "SUCCESS"
+    assert burst["received"]["user_app_id"] == {"user_id": "demo-user", "app_id": "demo-app"}
+    for case in cases.values():
+        metadata = case["received"]["metadata"]
+        assert ["authorization", "Key <redacted>"] in metadata
+        assert [key for key, _ in metadata].count("authorization") == 1
+
+
+def test_demo_fails_when_a_case_does_not_go_as_scripted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Scripts ignored: every call succeeds at once, so the retry cases see 1 attempt, not 2 or 3.
+    monkeypatch.setattr(FakeClarifai, "script", lambda *args: None)
+    assert main(["demo", "--timeout", TIMEOUT]) == 1
+    out = capsys.readouterr().out
+    assert out.count("NOT AS EXPECTED") == 3
+    assert "3 of 4 cases did not go as expected: unavailable burst, throttled, streaming" in out
+
+
+def test_demo_against_a_target_makes_read_calls_with_env_credentials(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    monkeypatch.setenv("CLARIFAI_USER_ID", "cli-user")
+    monkeypatch.setenv("CLARIFAI_APP_ID", "cli-app")
+    auth_fake.script("ListModels", grpc.StatusCode.UNAVAILABLE)
+    argv = ["demo", "--target", auth_fake.target, "--insecure", "--timeout", TIMEOUT, "--json"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    no_secret(out, err)
+    cases = json.loads(out)
+    assert [(case["method"], case["attempts"], case["status"]) for case in cases] == [
+        ("MyScopes", 1, "SUCCESS"),
+        ("ListModels", 2, "SUCCESS"),
+    ]
+    assert len(cases[1]["waits"]) == 1
+    sent = cases[1]["sent"]
+    assert ["authorization", "Key <redacted>"] in sent["metadata"]
+    assert sent["user_app_id"] == {"user_id": "cli-user", "app_id": "cli-app"}
+    (call,) = auth_fake.calls_to("MyScopes")
+    assert call.header("authorization") == f"Key {CLI_PAT}"
+    listed: list[Any] = [call.request for call in auth_fake.calls_to("ListModels")]
+    assert [request.per_page for request in listed] == [1, 1]
+    assert {call.method for call in auth_fake.calls} == {"MyScopes", "ListModels"}
+
+
+def test_demo_against_a_target_explains_a_refused_secret(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_API_KEY", UNKNOWN)
+    assert main(["demo", "--target", auth_fake.target, "--insecure", "--timeout", TIMEOUT]) == 2
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    assert "API key from CLARIFAI_API_KEY" in line
+    assert "CONN_KEY_INVALID" in line
+    assert "2 of 2 cases did not go as expected" in out
+    no_secret(out, err)
+
+
+# -- scopes --------------------------------------------------------------------------------------
+
+
+def test_scopes_prints_the_scopes_and_endpoints(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    monkeypatch.setenv("CLARIFAI_USER_ID", "cli-user")
+    assert scopes(auth_fake) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert "PAT from CLARIFAI_PAT" in lines[0]
+    assert "cli-user" in lines[0]
+    assert lines[1] == f"scopes ({len(SCOPES)}):"
+    assert lines[2 : 2 + len(SCOPES)] == [f"  {scope}" for scope in SCOPES]
+    assert lines[2 + len(SCOPES)].startswith("endpoints (")
+    assert "  PostModelOutputs" in lines
+    assert "  PostInputs" not in lines  # needs Inputs_Add, which the secret lacks
+    assert err == ""
+    no_secret(out, err)
+    (call,) = auth_fake.calls_to("MyScopes")
+    assert call.header("authorization") == f"Key {CLI_PAT}"
+    request: Any = call.request
+    assert request.user_app_id.user_id == "cli-user"
+
+
+@pytest.mark.parametrize(
+    ("var", "label"), [("CLARIFAI_PAT", "PAT"), ("CLARIFAI_API_KEY", "API key")]
+)
+def test_scopes_explains_an_unknown_secret(
+    var: str,
+    label: str,
+    auth_fake: FakeClarifai,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(var, UNKNOWN)
+    assert scopes(auth_fake) == 2
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    assert f"{label} from {var}" in line
+    assert "CONN_KEY_INVALID" in line
+    assert "API key not found" in line  # what Clarifai (the fake) said
+    assert out == ""
+    no_secret(out, err)
+    assert len(auth_fake.calls_to("MyScopes")) == 1  # auth errors are never retried
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "said"),
+    [
+        (Status(status_code_pb2.CONN_INSUFFICIENT_SCOPES, "Missing scopes: X"), 2, "Missing"),
+        (Fail(grpc.StatusCode.PERMISSION_DENIED, "no"), 2, "PERMISSION_DENIED"),
+        (Fail(grpc.StatusCode.UNAUTHENTICATED, "who"), 2, "UNAUTHENTICATED"),
+        (Fail(grpc.StatusCode.INTERNAL, "boom"), 1, "MyScopes failed: INTERNAL (boom)"),
+        (Status(status_code_pb2.FAILURE, "eh"), 1, "MyScopes failed: FAILURE (eh)"),
+    ],
+)
+def test_scopes_exit_status_follows_what_clarifai_said(
+    outcome: Outcome,
+    status: int,
+    said: str,
+    auth_fake: FakeClarifai,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    auth_fake.script("MyScopes", outcome)
+    assert scopes(auth_fake) == status
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    assert said in line
+    if status == 2:
+        assert "Clarifai refused the PAT from CLARIFAI_PAT" in line
+    assert out == ""
+
+
+def test_scopes_pat_flag_reads_the_secret_from_stdin(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_API_KEY", UNKNOWN)  # the flag wins over the environment
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{CLI_PAT}\nsecond line ignored\n"))
+    assert scopes(auth_fake, "--pat") == 0
+    out, err = capsys.readouterr()
+    assert "PAT from --pat (stdin)" in out
+    assert "  Predict" in out.splitlines()
+    no_secret(out, err)
+    (call,) = auth_fake.calls
+    assert call.header("authorization") == f"Key {CLI_PAT}"
+
+
+def test_scopes_pat_flag_prompts_on_a_terminal(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    prompts: list[str] = []
+
+    def getpass(prompt: str) -> str:
+        prompts.append(prompt)
+        return CLI_PAT
+
+    monkeypatch.setattr(sys, "stdin", Terminal("not read\n"))
+    monkeypatch.setattr("getpass.getpass", getpass)
+    assert scopes(auth_fake, "--pat") == 0
+    out, err = capsys.readouterr()
+    assert prompts == ["Clarifai PAT: "]
+    assert "PAT from --pat (prompt)" in out
+    no_secret(out, err)
+    assert len(auth_fake.calls_to("MyScopes")) == 1
+
+
+def test_ctrl_c_at_the_prompt_is_one_line(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(prompt: str) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("getpass.getpass", interrupted)
+    assert scopes(auth_fake, "--api-key") == 1
+    assert one_line(capsys.readouterr().err) == "clarifai-interceptor: error: interrupted"
+    assert auth_fake.calls == []
+
+
+def test_scopes_flag_explains_a_malformed_secret(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"Key {CLI_PAT}\n"))
+    assert scopes(auth_fake, "--pat") == 2
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    assert line.startswith("clarifai-interceptor: error: --pat: ")
+    assert "without 'Key '" in line
+    no_secret(out, err)
+    assert auth_fake.calls == []
+
+
+def test_scopes_shows_the_app_of_an_api_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer = service_pb2.MultiScopeResponse(
+        status=status_pb2.Status(code=status_code_pb2.SUCCESS),
+        app=resources_pb2.App(id="key-app", user_id="key-user"),
+        scopes=["Inputs_Get"],
+        endpoints=["GetInput", "ListInputs"],
+    )
+    monkeypatch.setenv("CLARIFAI_API_KEY", CLI_PAT)
+    with FakeClarifai(secrets={CLI_PAT: ["Inputs_Get"]}) as fake:
+        fake.script("MyScopes", answer)
+        assert scopes(fake) == 0
+        target = fake.target
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"MyScopes at {target} with the API key from CLARIFAI_API_KEY",
+        "app: key-user/key-app",
+        "scopes (1):",
+        "  Inputs_Get",
+        "endpoints (2):",
+        "  GetInput",
+        "  ListInputs",
+    ]
+
+
+def test_scopes_api_key_flag_names_itself_when_refused(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(UNKNOWN))
+    assert scopes(auth_fake, "--api-key") == 2
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    assert "API key from --api-key (stdin)" in line
+    assert "CONN_KEY_INVALID" in line
+    no_secret(out, err)
+
+
+def test_scopes_flag_with_nothing_on_stdin(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert scopes(auth_fake, "--pat") == 2
+    assert "no PAT given" in one_line(capsys.readouterr().err)
+    assert auth_fake.calls == []
+
+
+def test_secret_flags_take_no_value_and_never_echo_one(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert scopes(auth_fake, "--pat", CLI_PAT) == 1
+    out, err = capsys.readouterr()
+    assert "unrecognized arguments" in err
+    assert "Traceback" not in err
+    no_secret(out, err)
+    assert auth_fake.calls == []
+    assert main([CLI_PAT]) == 1  # a secret pasted where the command goes
+    out, err = capsys.readouterr()
+    assert "unknown command: choose demo or scopes" in err
+    no_secret(out, err)
+
+
+@pytest.mark.parametrize("command", ["scopes", "demo"])
+def test_missing_credentials_is_one_line_naming_the_variables(
+    command: str, auth_fake: FakeClarifai, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [command, "--target", auth_fake.target, "--insecure", "--timeout", TIMEOUT]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    for var in ("CLARIFAI_PAT", "CLARIFAI_API_KEY", "CLARIFAI_SESSION_TOKEN"):
+        assert var in line
+    assert out == ""
+    assert auth_fake.calls == []
+
+
+def test_two_secrets_in_the_environment_is_a_credentials_error(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    monkeypatch.setenv("CLARIFAI_API_KEY", UNKNOWN)
+    assert scopes(auth_fake) == 2
+    out, err = capsys.readouterr()
+    assert "CLARIFAI_PAT, CLARIFAI_API_KEY" in one_line(err)
+    no_secret(out, err)
+
+
+@pytest.mark.parametrize("command", ["scopes", "demo"])
+@pytest.mark.parametrize("target", ["http://x", "api.clarifai.com/v2", "a b"])
+def test_malformed_target_is_one_line(
+    command: str, target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    assert main([command, "--target", target, "--timeout", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert "target must be HOST or HOST:PORT" in one_line(err)
+    assert out == ""
+
+
+@pytest.mark.parametrize("transport", [["--insecure"], []])  # plain TCP, and TLS
+@pytest.mark.parametrize("command", ["scopes", "demo"])
+def test_unreachable_target_is_one_line(
+    command: str,
+    transport: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    started = time.monotonic()
+    assert main([command, "--target", "127.0.0.1:1", *transport, "--timeout", "1"]) == 1
+    assert time.monotonic() - started < 5
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    assert "127.0.0.1:1" in line
+    assert "UNAVAILABLE" in line or "DEADLINE_EXCEEDED" in line
+    no_secret(out, err)
+
+
+def test_a_silent_server_is_one_line_after_the_timeout(
+    auth_fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    auth_fake.script("MyScopes", Delay(30, Status(status_code_pb2.SUCCESS)))
+    started = time.monotonic()
+    assert main(["scopes", "--target", auth_fake.target, "--insecure", "--timeout", "0.5"]) == 1
+    assert time.monotonic() - started < 5
+    line = one_line(capsys.readouterr().err)
+    assert f"no answer from {auth_fake.target} within 0.5 s (DEADLINE_EXCEEDED)" in line
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["nonsense"], ["scopes", "--timeout", "0"], ["scopes", "--pat", "--api-key"]]
+)
+def test_usage_errors_exit_1(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 1
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--help"], ["demo", "scopes", "exit status:", "  2  missing"]),
+        (["demo", "--help"], ["--target", "--json", "--timeout", "exit status:"]),
+        (["scopes", "--help"], ["--pat", "--api-key", "--insecure", "CLARIFAI_PAT", "  1  any"]),
+    ],
+)
+def test_help(argv: list[str], words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for word in words:
+        assert word in out
+
+
+# -- in a fresh interpreter ----------------------------------------------------------------------
+
+
+def clean_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("CLARIFAI_")}
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clarifai_interceptor", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        check=False,
+    )
+
+
+def test_python_m_demo() -> None:
+    done = run_module("demo")
+    assert done.returncode == 0, done.stderr
+    for number, name in enumerate(CASES, 1):
+        assert f"[{number}/4] {name}:" in done.stdout
+    assert "all 4 cases went as expected" in done.stdout
+    no_secret(done.stdout, done.stderr)
+
+
+def test_python_m_demo_into_a_pipe_closed_early() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "clarifai_interceptor", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    ) as demo:
+        assert demo.stdout is not None
+        assert demo.stderr is not None
+        assert demo.stdout.readline().startswith("clarifai-interceptor demo:")
+        demo.stdout.close()  # as `| head -1` does
+        assert demo.wait(timeout=120) == 1
+        err = demo.stderr.read()
+        assert "Traceback" not in err
+        assert "BrokenPipeError" not in err
+
+
+def test_python_m_help() -> None:
+    done = run_module("--help")
+    assert done.returncode == 0, done.stderr
+    assert "usage: clarifai-interceptor" in done.stdout
+    assert "exit status:" in done.stdout
