@@ -334,12 +334,20 @@ class Retry:
         return None
 
     def _log(self, state: _t.RetryCallState) -> None:
+        outcome = describe(_last_outcome(state))
         log.debug(
             "retrying %s: attempt %d got %s; waiting %.3f s",
             self.method,
             state.attempt_number,
-            describe(_last_outcome(state)),
+            outcome,
             state.upcoming_sleep,
+            # The same facts as fields, for handlers that want them (the CLI demo, metrics).
+            extra={
+                "rpc_method": self.method,
+                "attempt": state.attempt_number,
+                "outcome": outcome,
+                "wait": state.upcoming_sleep,
+            },
         )
 
 

@@ -671,8 +671,16 @@ def test_no_wait_runs_past_the_policy_timeout(path: Path, fake: FakeClarifai) ->
 
 
 def test_call_timeout_bounds_all_attempts_and_waits(path: Path, fake: FakeClarifai) -> None:
+    # Attempts at 0, 0.2 and 0.4 s; a third 0.2 s wait would end past the call's 0.5 s, so the
+    # retries stop there and the caller gets the last real outcome. (No budget: it would stop
+    # the retries first, and this test is about the deadline.)
     policy = RetryPolicy(
-        max_attempts=1000, initial_backoff=0.1, multiplier=1.0, jitter=0, timeout=None
+        max_attempts=1000,
+        initial_backoff=0.2,
+        multiplier=1.0,
+        jitter=0,
+        timeout=None,
+        budget=None,
     )
     stub = path.stub(retry=policy)
     warm_up(stub, fake)
@@ -681,9 +689,10 @@ def test_call_timeout_bounds_all_attempts_and_waits(path: Path, fake: FakeClarif
     with pytest.raises(grpc.RpcError) as failure:
         stub.PostModelOutputs(predict_request(), timeout=0.5)
     elapsed = time.monotonic() - started
-    assert failure.value.code() in {UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-    assert 2 <= len(fake.calls_to("PostModelOutputs")) <= 6
-    assert elapsed < 3
+    # Not DEADLINE_EXCEEDED: no wait ran into the deadline and left an attempt no time.
+    assert failure.value.code() is UNAVAILABLE
+    assert 2 <= len(fake.calls_to("PostModelOutputs")) <= 3
+    assert elapsed < 3  # 1000 attempts would take 200 s
 
 
 @pytest.mark.parametrize(
@@ -710,6 +719,61 @@ def test_each_attempt_gets_only_the_time_left(
     assert failure.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert len(fake.calls_to("PostModelOutputs")) == 2
     assert elapsed < 3
+
+
+# -- 3b. the retry budget and server pushback ------------------------------------------------
+
+
+def test_retry_budget_is_shared_by_the_calls_of_one_channel(path: Path, fake: FakeClarifai) -> None:
+    # The default budget: 10 tokens, a retryable failure takes one, no retry at 5 or fewer.
+    channel = path.channel(retry=RetryPolicy(initial_backoff=0, jitter=0))
+    stub = service_pb2_grpc.V2Stub(channel)
+    fake.set_default("PostModelOutputs", UNAVAILABLE)
+    fake.set_default("GenerateModelOutputs", UNAVAILABLE)
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError):
+            stub.PostModelOutputs(predict_request(), timeout=T)
+    with pytest.raises(grpc.RpcError):
+        next(stub.GenerateModelOutputs(predict_request(), timeout=T))
+    # 5 attempts (tokens 10 -> 5), then one each: the budget is spent for every call kind.
+    assert len(fake.calls_to("PostModelOutputs")) == 5 + 1
+    assert len(fake.calls_to("GenerateModelOutputs")) == 1
+    # Another channel has its own budget.
+    fake.clear()
+    with pytest.raises(grpc.RpcError):
+        path.stub(retry=RetryPolicy(initial_backoff=0, jitter=0)).PostModelOutputs(
+            predict_request(), timeout=T
+        )
+    assert len(fake.calls_to("PostModelOutputs")) == 5
+
+
+@pytest.mark.parametrize("kind", ["unary_unary", "unary_stream"])
+def test_server_pushback_minus_one_stops_the_retries(
+    path: Path, fake: FakeClarifai, kind: str
+) -> None:
+    method = "PostModelOutputs" if kind == "unary_unary" else "GenerateModelOutputs"
+    refusal = Fail(UNAVAILABLE, "go away", (("grpc-retry-pushback-ms", "-1"),))
+    fake.script(method, refusal, Reply(output("never reached")))
+    with pytest.raises(grpc.RpcError) as failure:
+        call_and_read(kind, path.channel())
+    assert failure.value.code() is UNAVAILABLE
+    assert failure.value.details() == "go away"
+    assert len(fake.calls_to(method)) == 1
+
+
+def test_server_pushback_sets_the_wait(path: Path, fake: FakeClarifai) -> None:
+    # The policy would wait 30 s; the server says 0 ms, and is obeyed.
+    stub = path.stub(retry=RetryPolicy(initial_backoff=30, jitter=0, timeout=60))
+    fake.script(
+        "PostModelOutputs",
+        Fail(UNAVAILABLE, "", (("grpc-retry-pushback-ms", "0"),)),
+        Reply(output("ok")),
+    )
+    started = time.monotonic()
+    response = stub.PostModelOutputs(predict_request(), timeout=T)
+    assert ids([response]) == ["ok"]
+    assert time.monotonic() - started < 5
+    assert len(fake.calls_to("PostModelOutputs")) == 2
 
 
 # -- 4. scope and auth failures pass straight through ----------------------------------------
