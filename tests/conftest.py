@@ -21,6 +21,11 @@ from clarifai_interceptor import (
 from clarifai_interceptor._context import CREDENTIALS, RETRY
 from clarifai_interceptor.testing import FakeClarifai
 
+# The package's pytest plugin (the `clarifai_fake` fixture), loaded here rather than through its
+# entry point (pyproject's addopts say `-p no:clarifai_interceptor`), so that coverage starts
+# before the package is first imported.
+pytest_plugins = ["clarifai_interceptor.pytest_plugin"]
+
 #: Seconds: every call in the tests has a timeout, so nothing can hang.
 T = 10
 
