@@ -16,10 +16,14 @@ Pairs = tuple[tuple[str, Any], ...]
 # What grpc-core accepts; anything else fails at call time as an opaque INTERNAL.
 _KEY_RE = re.compile(r"[0-9a-z_.\-]+")
 _VALUE_RE = re.compile(r"[ -~]*")
+# Entries grpc itself puts in the caller's metadata (grpc.aio carries ``compression=`` so).
+_GRPC_OWN = frozenset({"grpc-internal-encoding-request"})
 
 
 def validate(key: object, value: object) -> None:
     """Refuse a metadata entry gRPC would reject, naming its key (never its value)."""
+    if key in _GRPC_OWN:
+        return
     if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or key.startswith("grpc-"):
         raise ValueError(
             f"invalid metadata key {key!r}: keys are lowercase ASCII letters, digits, '-', '_' "

@@ -30,3 +30,15 @@ with ci.use_credentials(key), ci.use_retry(None):
 
 error: type[ValueError] = exceptions.MissingCredentialsError
 provider_error: type[Exception] = ci.CredentialsProviderError
+
+
+async def aio_api() -> None:
+    """The aio front end, as a user would call it."""
+    from clarifai_interceptor import aio
+
+    chain: list[grpc.aio.ClientInterceptor] = aio.interceptors(creds, retry=policy)
+    alone = aio.UnaryUnaryInterceptor(creds, retry=None)
+    async with aio.insecure_channel("localhost:1", creds, retry=policy) as aio_channel:
+        assert aio_channel is not None
+    tls: grpc.aio.Channel = aio.secure_channel(credentials=lambda: creds, options=())
+    assert chain and alone and tls

@@ -1,0 +1,380 @@
+"""The ``grpc.aio`` front end: one interceptor per call kind, and aio channel builders.
+
+``grpc.aio`` files an interceptor that implements several call kinds under unary-unary only
+(it sorts them with if/elif), so each kind has its own class; `interceptors` builds the four
+around one shared engine (one retry budget). Every retry decision is the engine's
+(`Attempts.after`); the waits are ``await asyncio.sleep``, never blocking the event loop.
+
+The interceptors run in the task ``grpc.aio`` creates when the call is made, which copies the
+caller's context: `use_credentials` / `use_retry` apply to the calls made inside their block.
+Cancelling that task (the caller's ``call.cancel()``, or cancelling the task that awaits the
+call) cancels the attempt in flight and ends the retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from ._channel import channel_options, resolve_target
+from ._context import CredentialsSource
+from ._core import DEFAULT_RETRY, Core, method_name
+from ._credentials import Credentials
+from ._metadata import for_attempt
+from ._request import fill_copy
+from ._retry import NO_RETRY, RetryPolicy, time_left
+
+__all__ = [
+    "StreamStreamInterceptor",
+    "StreamUnaryInterceptor",
+    "UnaryStreamInterceptor",
+    "UnaryUnaryInterceptor",
+    "insecure_channel",
+    "interceptors",
+    "secure_channel",
+]
+
+_Start = Callable[[int, float | None], Awaitable[Any]]  # (attempt, timeout) -> the attempt's call
+_I = TypeVar("_I", bound="_Interceptor")
+_END = object()
+
+
+def _requests(credentials: Credentials | None, requests: Any) -> Callable[[], Any]:
+    """The request stream for each attempt, each message filled as it is sent."""
+    if credentials is None:
+        return lambda: requests
+    if isinstance(requests, AsyncIterable):
+
+        async def filled() -> AsyncIterator[Any]:
+            async for request in requests:
+                yield fill_copy(credentials, request)
+
+        return filled
+    return lambda: (fill_copy(credentials, request) for request in requests)
+
+
+async def _settled(call: Any) -> object:
+    """A unary-response attempt's outcome as the policy judges it: its RpcError or response."""
+    try:
+        return await call
+    except grpc.RpcError as exc:
+        return exc
+
+
+async def _first(messages: AsyncIterator[Any]) -> object:
+    """A response stream's first outcome: a message, an RpcError, or `_END`."""
+    try:
+        return await messages.__anext__()
+    except StopAsyncIteration:
+        return _END
+    except grpc.RpcError as exc:
+        return exc
+
+
+class _Interceptor:
+    """What the four interceptors share: resolve the call, then run its attempts."""
+
+    def __init__(
+        self,
+        credentials: CredentialsSource | None = None,
+        *,
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+    ) -> None:
+        self._core = Core(credentials, retry)
+
+    @classmethod
+    def _sharing(cls: type[_I], core: Core) -> _I:
+        interceptor = cls.__new__(cls)
+        interceptor._core = core  # noqa: SLF001 (its own class)
+        return interceptor
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(retry={self._core.retry!r})"
+
+    def _prepare(
+        self, continuation: Any, details: Any, request: Any, streaming: bool
+    ) -> tuple[_Start, RetryPolicy]:
+        pairs, credentials = self._core.resolve(details.metadata)
+        policy = self._core.policy()
+        if not streaming:
+            filled = fill_copy(credentials, request)
+            requests: Callable[[], Any] = lambda: filled  # noqa: E731 (one line reads best)
+        else:
+            requests = _requests(credentials, request)
+            if not isinstance(request, list | tuple):
+                policy = NO_RETRY  # an iterator cannot be replayed
+
+        def start(number: int, timeout: float | None) -> Any:
+            sent = grpc.aio.Metadata(*for_attempt(pairs, number))
+            return continuation(
+                grpc.aio.ClientCallDetails(
+                    details.method, timeout, sent, details.credentials, details.wait_for_ready
+                ),
+                requests(),
+            )
+
+        return start, policy
+
+    async def _unary(self, continuation: Any, details: Any, request: Any, streaming: bool) -> Any:
+        start, policy = self._prepare(continuation, details, request, streaming)
+        deadline = policy.deadline(details.timeout)
+        attempts = self._core.attempts(policy, method_name(details.method), deadline)
+        call = await start(1, time_left(deadline))
+        if policy.max_attempts == 1:
+            return call  # nothing to judge: the caller awaits (or writes to) grpc's own call
+        try:
+            while (wait := attempts.after(outcome := await _settled(call))) is not None:
+                await asyncio.sleep(wait)
+                call = await start(attempts.number, time_left(deadline))
+        except BaseException:
+            call.cancel()  # cancelled mid-attempt or mid-wait: no attempt follows
+            raise
+        if isinstance(outcome, grpc.RpcError):
+            raise outcome  # the very error of the last attempt
+        return call
+
+    async def _stream(
+        self, continuation: Any, details: Any, request: Any, streaming: bool, kept: type[_Kept]
+    ) -> Any:
+        start, policy = self._prepare(continuation, details, request, streaming)
+        # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
+        # the caller's own timeout bounds the stream.
+        timeout = details.timeout
+        call_deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = policy.deadline(timeout)
+        attempts = self._core.attempts(policy, method_name(details.method), deadline)
+        call = await start(1, time_left(call_deadline))
+        if policy.max_attempts == 1:
+            return call
+        try:
+            while True:
+                messages = call.__aiter__()
+                head = await _first(messages)
+                if head is _END or (wait := attempts.after(head)) is None:
+                    break
+                call.cancel()  # an error or a retryable first message: that attempt is over
+                await asyncio.sleep(wait)
+                call = await start(attempts.number, time_left(call_deadline))
+        except BaseException:
+            call.cancel()
+            raise
+        return kept(call, messages, head)
+
+
+class UnaryUnaryInterceptor(_Interceptor, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Credentials, ``user_app_id`` and retries for unary-unary calls on a ``grpc.aio`` channel.
+
+    Prefer `interceptors`, which covers every call kind with one shared retry budget.
+
+    Args:
+        credentials: A `Credentials`, a zero-argument callable returning one (consulted per
+            call), or None to read `Credentials.from_env` now.
+        retry: The default `RetryPolicy`; None for a single attempt.
+
+    Raises:
+        MissingCredentialsError: ``credentials`` is None and the environment names no secret.
+        TypeError: ``credentials`` or ``retry`` is of the wrong type.
+    """
+
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        """Not part of the API: grpc.aio's hook for unary-unary calls."""
+        return await self._unary(continuation, client_call_details, request, False)
+
+
+class StreamUnaryInterceptor(_Interceptor, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    """As `UnaryUnaryInterceptor`, for stream-unary calls (retried for list or tuple requests)."""
+
+    async def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        """Not part of the API: grpc.aio's hook for stream-unary calls."""
+        return await self._unary(continuation, client_call_details, request_iterator, True)
+
+
+class UnaryStreamInterceptor(_Interceptor, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """As `UnaryUnaryInterceptor`, for unary-stream calls (retried until the first message)."""
+
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: Any, request: Any
+    ) -> Any:
+        """Not part of the API: grpc.aio's hook for unary-stream calls."""
+        return await self._stream(continuation, client_call_details, request, False, _UnaryStream)
+
+
+class StreamStreamInterceptor(_Interceptor, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """As `UnaryStreamInterceptor`, for stream-stream calls (list or tuple requests only)."""
+
+    async def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        """Not part of the API: grpc.aio's hook for stream-stream calls."""
+        return await self._stream(
+            continuation, client_call_details, request_iterator, True, _StreamStream
+        )
+
+
+class _Kept:
+    """The attempt kept for the caller, its first message (or error) already read.
+
+    A ``grpc.aio`` call object, so that ``grpc.aio`` hands it on as it is: the caller's call
+    reads it and asks it for status and metadata, which come from the kept attempt.
+    """
+
+    def __init__(self, call: Any, messages: AsyncIterator[Any], head: object) -> None:
+        self._call = call
+        self._messages = messages
+        self._head = head
+
+    async def read(self) -> Any:
+        head, self._head = self._head, _END
+        if head is _END:
+            try:
+                return await self._messages.__anext__()
+            except StopAsyncIteration:
+                return grpc.aio.EOF
+        if isinstance(head, grpc.RpcError):
+            raise head  # the very error of the last attempt
+        return head
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while (message := await self.read()) is not grpc.aio.EOF:
+            yield message
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def done(self) -> bool:
+        return bool(self._call.done())
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._call.add_done_callback(lambda _call: callback(self))
+
+    def time_remaining(self) -> float | None:
+        remaining = self._call.time_remaining()
+        return None if remaining is None else float(remaining)
+
+    async def initial_metadata(self) -> Any:
+        return await self._call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await self._call.trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        return await self._call.code()
+
+    async def details(self) -> str:
+        return str(await self._call.details())
+
+    async def debug_error_string(self) -> str | None:
+        return await self._call.debug_error_string()  # type: ignore[no-any-return]
+
+    async def wait_for_connection(self) -> None:
+        await self._call.wait_for_connection()
+
+
+class _UnaryStream(_Kept, grpc.aio.UnaryStreamCall):  # type: ignore[misc]
+    pass
+
+
+class _StreamStream(_Kept, grpc.aio.StreamStreamCall):  # type: ignore[misc]
+    async def write(self, request: Any) -> None:
+        await self._call.write(request)
+
+    async def done_writing(self) -> None:
+        await self._call.done_writing()
+
+
+def interceptors(
+    credentials: CredentialsSource | None = None, *, retry: RetryPolicy | None = DEFAULT_RETRY
+) -> list[grpc.aio.ClientInterceptor]:
+    """The interceptors to pass as ``grpc.aio.*_channel(..., interceptors=...)``.
+
+    One per call kind, sharing the credentials, the policy and one retry budget.
+
+    Args:
+        credentials: A `Credentials`, a zero-argument callable returning one (consulted per
+            call), or None to read `Credentials.from_env` now.
+        retry: The default `RetryPolicy`; None for a single attempt.
+
+    Returns:
+        A `UnaryUnaryInterceptor`, `UnaryStreamInterceptor`, `StreamUnaryInterceptor` and
+        `StreamStreamInterceptor`.
+
+    Raises:
+        MissingCredentialsError: ``credentials`` is None and the environment names no secret.
+        TypeError: ``credentials`` or ``retry`` is of the wrong type.
+    """
+    core = Core(credentials, retry)
+    kinds: tuple[type[_Interceptor], ...] = (
+        UnaryUnaryInterceptor,
+        UnaryStreamInterceptor,
+        StreamUnaryInterceptor,
+        StreamStreamInterceptor,
+    )
+    return [kind._sharing(core) for kind in kinds]  # noqa: SLF001 (this module's classes)
+
+
+def secure_channel(
+    target: str | None = None,
+    credentials: CredentialsSource | None = None,
+    *,
+    retry: RetryPolicy | None = DEFAULT_RETRY,
+    root_certificates: bytes | None = None,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """A ``grpc.aio`` TLS channel to Clarifai whose calls carry credentials and retry.
+
+    Use it as ``async with``, or close it with ``await channel.close()``.
+
+    Args:
+        target: ``HOST[:PORT]``; default ``CLARIFAI_GRPC_BASE``, else ``api.clarifai.com:443``.
+        credentials: As for `interceptors`.
+        retry: As for `interceptors`.
+        root_certificates: PEM root certificates; None for the system's.
+        options: Extra gRPC channel options; they override `CHANNEL_OPTIONS` (which turn
+            gRPC's own retries off, so that attempts never multiply).
+
+    Raises:
+        MissingCredentialsError: ``credentials`` is None and the environment names no secret.
+        ValueError: The target is malformed.
+    """
+    chain = interceptors(credentials, retry=retry)
+    return grpc.aio.secure_channel(
+        resolve_target(target),
+        grpc.ssl_channel_credentials(root_certificates),
+        options=channel_options(options),
+        interceptors=chain,
+    )
+
+
+def insecure_channel(
+    target: str,
+    credentials: CredentialsSource | None = None,
+    *,
+    retry: RetryPolicy | None = DEFAULT_RETRY,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """A ``grpc.aio`` plain-TCP channel (local servers, tests), otherwise like `secure_channel`.
+
+    Raises:
+        MissingCredentialsError: ``credentials`` is None and the environment names no secret.
+        ValueError: The target is malformed.
+    """
+    chain = interceptors(credentials, retry=retry)
+    if target is None:
+        raise ValueError("insecure_channel needs a target (HOST:PORT)")
+    return grpc.aio.insecure_channel(
+        resolve_target(target), options=channel_options(options), interceptors=chain
+    )
