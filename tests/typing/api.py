@@ -7,7 +7,7 @@ import dataclasses
 import grpc
 
 import clarifai_interceptor as ci
-from clarifai_interceptor import exceptions
+from clarifai_interceptor import aio, exceptions
 
 creds: ci.Credentials = ci.Credentials.from_pat("fake-pat", user_id="u", app_id="a")
 key: ci.Credentials = ci.Credentials.from_api_key("fake-key")
@@ -34,11 +34,11 @@ provider_error: type[Exception] = ci.CredentialsProviderError
 
 async def aio_api() -> None:
     """The aio front end, as a user would call it."""
-    from clarifai_interceptor import aio
-
     chain: list[grpc.aio.ClientInterceptor] = aio.interceptors(creds, retry=policy)
     alone = aio.UnaryUnaryInterceptor(creds, retry=None)
     async with aio.insecure_channel("localhost:1", creds, retry=policy) as aio_channel:
         assert aio_channel is not None
     tls: grpc.aio.Channel = aio.secure_channel(credentials=lambda: creds, options=())
-    assert chain and alone and tls
+    assert chain
+    assert alone
+    assert tls
