@@ -717,7 +717,8 @@ def test_each_attempt_gets_only_the_time_left(
         stub.PostModelOutputs(predict_request(), timeout=timeout)
     elapsed = time.monotonic() - started
     assert failure.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert len(fake.calls_to("PostModelOutputs")) == 2
+    # Two attempts fit; on a loaded machine the first may already use up the 0.5 s.
+    assert len(fake.calls_to("PostModelOutputs")) in (1, 2)
     assert elapsed < 3
 
 
