@@ -21,7 +21,7 @@ DEFAULT_RETRY = RetryPolicy()
 class Core:
     """The defaults one interceptor or channel was built with, resolved per call."""
 
-    __slots__ = ("_buckets", "_lock", "credentials", "retry")
+    __slots__ = ("_buckets", "_last", "_lock", "credentials", "retry")
 
     def __init__(self, credentials: CredentialsSource | None, retry: RetryPolicy | None) -> None:
         # Built now, not at the first call: a missing secret fails where the channel is made.
@@ -33,6 +33,7 @@ class Core:
         self.credentials: CredentialsSource = credentials
         self.retry = NO_RETRY if retry is None else retry
         self._buckets: dict[RetryBudget, TokenBucket] = {}
+        self._last: TokenBucket | None = None
         self._lock = threading.Lock()
 
     def policy(self) -> RetryPolicy:
@@ -44,10 +45,14 @@ class Core:
         budget = policy.budget
         if budget is None:
             return Attempts(policy, method, deadline)
+        last = self._last
+        if last is not None and last.budget is budget:  # the usual case, without hashing
+            return Attempts(policy, method, deadline, last)
         bucket = self._buckets.get(budget)
         if bucket is None:
             with self._lock:
                 bucket = self._buckets.setdefault(budget, TokenBucket(budget))
+        self._last = bucket
         return Attempts(policy, method, deadline, bucket)
 
     def resolve(

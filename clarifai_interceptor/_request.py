@@ -33,7 +33,8 @@ def fill_field(credentials: Credentials | None, request: Any) -> int:
     if credentials is None or credentials.user_id is None or credentials.kind == "api_key":
         return 0
     number = _field_number(type(request))
-    if number and not request.user_app_id.ByteSize():
+    # HasField first: it is cheap, and most requests leave the field unset.
+    if number and not (request.HasField("user_app_id") and request.user_app_id.ByteSize()):
         return number
     return 0
 
