@@ -1,0 +1,1 @@
+"""Benchmarks of clarifai_interceptor against the alternatives: ``python -m benchmarks``."""
