@@ -16,10 +16,10 @@ import grpc
 
 from ._calls import response_stream, unary_response
 from ._context import CredentialsSource
-from ._core import DEFAULT_RETRY, Core, method_name
+from ._core import DEFAULT_RETRY, Core
 from ._metadata import Pairs, for_attempt
 from ._request import fill_wrap, filling_serializer
-from ._retry import NO_RETRY, RetryPolicy, run, time_left
+from ._retry import NO_RETRY, RetryPolicy, method_name, run, time_left
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -104,8 +104,13 @@ class _Callable:
             return unary_response(attempts, start)
 
         def attempt(number: int) -> Any:
-            try:
-                return start(number)
+            try:  # start(number), inlined: this is every blocking call's hot path
+                return call(
+                    requests(),
+                    timeout=time_left(deadline),
+                    metadata=for_attempt(pairs, number),
+                    **kwargs,
+                )
             except grpc.RpcError as exc:
                 return exc
 

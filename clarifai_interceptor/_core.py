@@ -12,7 +12,7 @@ from ._metadata import Pairs, merge
 from ._retry import NO_RETRY, Attempts, RetryBudget, RetryPolicy, TokenBucket
 from .exceptions import CredentialsProviderError
 
-__all__ = ["DEFAULT_RETRY", "Core", "method_name"]
+__all__ = ["DEFAULT_RETRY", "Core"]
 
 #: The policy used when none is given.
 DEFAULT_RETRY = RetryPolicy()
@@ -40,7 +40,9 @@ class Core:
         """The retry policy for a call made now."""
         return RETRY.get() or self.retry
 
-    def attempts(self, policy: RetryPolicy, method: str, deadline: float | None) -> Attempts:
+    def attempts(
+        self, policy: RetryPolicy, method: str | bytes, deadline: float | None
+    ) -> Attempts:
         """A call's `Attempts`, sharing this channel's token bucket for the policy's budget."""
         budget = policy.budget
         if budget is None:
@@ -85,10 +87,3 @@ def _provide(source: CredentialsSource) -> Credentials:
             f"the credentials provider returned {type(credentials).__name__}, not Credentials"
         )
     return credentials
-
-
-def method_name(method: str | bytes) -> str:
-    """``/clarifai.api.V2/PostInputs`` (str or bytes) as ``PostInputs``, for log records."""
-    if isinstance(method, bytes):
-        method = method.decode("ascii", "replace")
-    return method.rsplit("/", 1)[-1]

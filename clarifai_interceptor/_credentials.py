@@ -6,7 +6,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Literal
 
 from clarifai_grpc.grpc.api import resources_pb2
@@ -54,6 +53,8 @@ class Credentials:
     user_id: str | None = None
     app_id: str | None = None
     metadata: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    # field number -> wire bytes of user_app_id (see user_app_id_field); a cache, not state.
+    _fields: dict[int, bytes] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         name = _NAMES.get(self.kind)
@@ -160,16 +161,19 @@ class Credentials:
         return resources_pb2.UserAppIDSet(user_id=self.user_id, app_id=self.app_id or "")
 
 
-@lru_cache(maxsize=256)
 def user_app_id_field(credentials: Credentials, field_number: int) -> bytes:
     """The wire bytes of ``user_app_id`` as field ``field_number``, to append to a request.
 
     Protobuf merges a repeated embedded-message field into one, so appending these bytes to a
     request whose ``user_app_id`` is empty is the same as setting it, without copying the request.
     """
-    uai = credentials.user_app_id
-    body = b"" if uai is None else uai.SerializeToString()
-    return _varint(field_number << 3 | 2) + _varint(len(body)) + body
+    cached = credentials._fields.get(field_number)
+    if cached is None:
+        uai = credentials.user_app_id
+        body = b"" if uai is None else uai.SerializeToString()
+        cached = _varint(field_number << 3 | 2) + _varint(len(body)) + body
+        credentials._fields[field_number] = cached
+    return cached
 
 
 def _varint(value: int) -> bytes:

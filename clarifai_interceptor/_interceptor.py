@@ -10,7 +10,7 @@ import grpc
 
 from ._calls import response_stream, unary_response
 from ._context import CredentialsSource
-from ._core import DEFAULT_RETRY, Core, method_name
+from ._core import DEFAULT_RETRY, Core
 from ._credentials import Credentials
 from ._metadata import for_attempt
 from ._request import fill_copy
@@ -139,7 +139,7 @@ class ClarifaiInterceptor(
     ) -> Any:
         policy = self._core.policy() if replayable else NO_RETRY
         deadline = policy.deadline(call_details.timeout)
-        attempts = self._core.attempts(policy, method_name(call_details.method), deadline)
+        attempts = self._core.attempts(policy, call_details.method, deadline)
 
         def start(number: int) -> Any:
             return continuation(details(number, time_left(deadline)), request())
@@ -160,7 +160,7 @@ class ClarifaiInterceptor(
         timeout = call_details.timeout
         call_deadline = None if timeout is None else time.monotonic() + timeout
         deadline = policy.deadline(timeout)
-        attempts = self._core.attempts(policy, method_name(call_details.method), deadline)
+        attempts = self._core.attempts(policy, call_details.method, deadline)
 
         def start(number: int) -> Any:
             return continuation(details(number, time_left(call_deadline)), request())

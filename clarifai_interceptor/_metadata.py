@@ -46,7 +46,7 @@ def merge(
 
     A credential header the caller passed wins: then nothing is added (exactly one is sent).
     """
-    if metadata is None:
+    if not metadata:  # None, or empty (grpc.aio passes an empty Metadata)
         return (None if credentials is None else credentials.metadata), credentials is not None
     pairs = tuple(metadata)
     add = credentials is not None

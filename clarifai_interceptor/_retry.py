@@ -33,6 +33,7 @@ __all__ = [
     "RetryPolicy",
     "TokenBucket",
     "describe",
+    "method_name",
     "pushback",
     "run",
     "time_left",
@@ -133,17 +134,18 @@ class RetryPolicy:
     The wait before retry ``k`` (k = 1 for the second attempt) is::
 
         base = min(max_backoff, initial_backoff * multiplier ** (k - 1))
-        wait = base * uniform(1 - jitter, 1 + jitter)
+        wait = base * (1 - jitter * uniform(0, 1))
 
-    so a zero backoff waits zero, and ``jitter=0`` gives exact waits. No wait runs past the
-    deadline: the retries stop instead, and the caller gets the last outcome.
+    Jitter only shortens a wait: ``max_backoff`` is a true cap, a zero backoff waits zero,
+    ``jitter=0`` gives exact waits and ``jitter=1`` is gRPC's "full jitter". No wait runs past
+    the deadline: the retries stop instead, and the caller gets the last outcome.
 
     Attributes:
         max_attempts: Attempts in all, the first included (1: no retries).
         initial_backoff: Seconds before the first retry, before jitter.
         multiplier: Growth of the backoff per retry (>= 1).
         max_backoff: Cap on the backoff, before jitter.
-        jitter: Fraction of random spread around each backoff, from 0 to 1.
+        jitter: The largest fraction by which a wait is randomly shortened, from 0 to 1.
         timeout: Seconds for the whole call, attempts and waits together, or None. The call's
             own ``timeout=`` also applies; whichever ends sooner wins. For calls with a response
             stream it bounds only the retrying, not the stream itself.
@@ -214,7 +216,7 @@ class RetryPolicy:
             base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
         except OverflowError:
             base = self.max_backoff
-        return base * (1.0 + self.jitter * (2.0 * rand() - 1.0))
+        return base * (1.0 - self.jitter * rand())
 
     def transient(self, outcome: object) -> bool:
         """Whether an attempt's outcome (a ``grpc.RpcError`` or a response) is worth a retry."""
@@ -271,6 +273,13 @@ def pushback(outcome: object) -> float | None:
     return None
 
 
+def method_name(method: str | bytes) -> str:
+    """``/clarifai.api.V2/PostInputs`` (str or bytes) as ``PostInputs``, for log records."""
+    if isinstance(method, bytes):
+        method = method.decode("ascii", "replace")
+    return method.rsplit("/", 1)[-1]
+
+
 def _last_outcome(state: _t.RetryCallState) -> Any:
     assert state.outcome is not None  # noqa: S101 (tenacity sets it before stopping)
     return state.outcome.result()
@@ -302,9 +311,13 @@ class Retry:
     __slots__ = ("_retrying", "_state", "method")
 
     def __init__(
-        self, policy: RetryPolicy, method: str, deadline: float | None, bucket: TokenBucket | None
+        self,
+        policy: RetryPolicy,
+        method: str | bytes,
+        deadline: float | None,
+        bucket: TokenBucket | None,
     ) -> None:
-        self.method = method
+        self.method = method_name(method)
 
         def wait(state: _t.RetryCallState) -> float:
             seconds = pushback(_last_outcome(state))
@@ -364,7 +377,7 @@ class Attempts:
     def __init__(
         self,
         policy: RetryPolicy,
-        method: str,
+        method: str | bytes,
         deadline: float | None,
         bucket: TokenBucket | None = None,
     ) -> None:

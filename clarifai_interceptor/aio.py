@@ -22,7 +22,7 @@ import grpc
 
 from ._channel import channel_options, resolve_target
 from ._context import CredentialsSource
-from ._core import DEFAULT_RETRY, Core, method_name
+from ._core import DEFAULT_RETRY, Core
 from ._credentials import Credentials
 from ._metadata import for_attempt
 from ._request import fill_copy
@@ -122,7 +122,7 @@ class _Interceptor:
     async def _unary(self, continuation: Any, details: Any, request: Any, streaming: bool) -> Any:
         start, policy = self._prepare(continuation, details, request, streaming)
         deadline = policy.deadline(details.timeout)
-        attempts = self._core.attempts(policy, method_name(details.method), deadline)
+        attempts = self._core.attempts(policy, details.method, deadline)
         call = await start(1, time_left(deadline))
         if policy.max_attempts == 1:
             return call  # nothing to judge: the caller awaits (or writes to) grpc's own call
@@ -146,7 +146,7 @@ class _Interceptor:
         timeout = details.timeout
         call_deadline = None if timeout is None else time.monotonic() + timeout
         deadline = policy.deadline(timeout)
-        attempts = self._core.attempts(policy, method_name(details.method), deadline)
+        attempts = self._core.attempts(policy, details.method, deadline)
         call = await start(1, time_left(call_deadline))
         if policy.max_attempts == 1:
             return call
