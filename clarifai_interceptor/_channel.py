@@ -18,7 +18,7 @@ from ._calls import response_stream, unary_response
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._metadata import Pairs, for_attempt
-from ._request import fill_wrap, filling_serializer
+from ._request import fill_wrap, filling_serializer, request_stream
 from ._retry import NO_RETRY, RetryPolicy, method_name, run, time_left
 
 __all__ = [
@@ -74,9 +74,7 @@ class _Callable:
             return pairs, lambda: filled, policy
         if not isinstance(request, list | tuple):
             policy = NO_RETRY  # an iterator cannot be replayed
-        if credentials is None:
-            return pairs, lambda: iter(request), policy
-        return pairs, lambda: (fill_wrap(credentials, r) for r in request), policy
+        return pairs, request_stream(credentials, request, fill_wrap), policy
 
     def _unary(
         self,
@@ -188,6 +186,30 @@ class _StreamStream(_ResponseStream, grpc.StreamStreamMultiCallable):  # type: i
     _streaming = True
 
 
+def _multi_callable(kind: str, cls: type[_Callable]) -> Callable[..., Any]:
+    """One of the channel's four factories: the underlying channel's, wrapped."""
+
+    def make(
+        self: _Channel,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        extra = {"_registered_method": True} if _registered_method else {}
+        mc = getattr(self._channel, kind)(
+            method,
+            request_serializer=filling_serializer(request_serializer),
+            response_deserializer=response_deserializer,
+            **extra,
+        )
+        return cls(mc, self._core, method)
+
+    make.__name__ = kind
+    make.__doc__ = "Not part of the API: gRPC's channel interface, used by stubs."
+    return make
+
+
 class _Channel(grpc.Channel):  # type: ignore[misc]
     """A ``grpc.Channel`` whose calls carry Clarifai credentials and are retried."""
 
@@ -198,91 +220,10 @@ class _Channel(grpc.Channel):  # type: ignore[misc]
     def __repr__(self) -> str:
         return f"<clarifai_interceptor channel over {type(self._channel).__name__}>"
 
-    def _wrap(
-        self,
-        kind: str,
-        cls: type[_Callable],
-        method: str,
-        serializer: Any,
-        deserializer: Any,
-        registered: bool,
-    ) -> Any:
-        extra = {"_registered_method": True} if registered else {}
-        mc = getattr(self._channel, kind)(
-            method,
-            request_serializer=filling_serializer(serializer),
-            response_deserializer=deserializer,
-            **extra,
-        )
-        return cls(mc, self._core, method)
-
-    def unary_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        """Not part of the API: gRPC's channel interface, used by stubs."""
-        return self._wrap(
-            "unary_unary",
-            _UnaryUnary,
-            method,
-            request_serializer,
-            response_deserializer,
-            _registered_method,
-        )
-
-    def unary_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        """Not part of the API: gRPC's channel interface, used by stubs."""
-        return self._wrap(
-            "unary_stream",
-            _UnaryStream,
-            method,
-            request_serializer,
-            response_deserializer,
-            _registered_method,
-        )
-
-    def stream_unary(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        """Not part of the API: gRPC's channel interface, used by stubs."""
-        return self._wrap(
-            "stream_unary",
-            _StreamUnary,
-            method,
-            request_serializer,
-            response_deserializer,
-            _registered_method,
-        )
-
-    def stream_stream(
-        self,
-        method: str,
-        request_serializer: Any = None,
-        response_deserializer: Any = None,
-        _registered_method: bool = False,
-    ) -> Any:
-        """Not part of the API: gRPC's channel interface, used by stubs."""
-        return self._wrap(
-            "stream_stream",
-            _StreamStream,
-            method,
-            request_serializer,
-            response_deserializer,
-            _registered_method,
-        )
+    unary_unary = _multi_callable("unary_unary", _UnaryUnary)
+    unary_stream = _multi_callable("unary_stream", _UnaryStream)
+    stream_unary = _multi_callable("stream_unary", _StreamUnary)
+    stream_stream = _multi_callable("stream_stream", _StreamStream)
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         """Not part of the API: delegated to the wrapped channel."""

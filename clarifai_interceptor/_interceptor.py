@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import grpc
@@ -13,7 +13,7 @@ from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._credentials import Credentials
 from ._metadata import for_attempt
-from ._request import fill_copy
+from ._request import fill_copy, request_stream
 from ._retry import NO_RETRY, RetryPolicy, time_left
 
 __all__ = ["ClarifaiInterceptor"]
@@ -34,13 +34,6 @@ class _CallDetails(
     grpc.ClientCallDetails,  # type: ignore[misc]
 ):
     """``grpc.ClientCallDetails`` has no constructor; this one does."""
-
-
-def _requests(credentials: Credentials | None, requests: Any) -> Callable[[], Iterator[Any]]:
-    """A fresh iterator over the request stream per attempt, each message filled as it is sent."""
-    if credentials is None:
-        return lambda: iter(requests)
-    return lambda: (fill_copy(credentials, r) for r in requests)
 
 
 _Details = Callable[[int, float | None], Any]  # (attempt number, timeout) -> call details
@@ -116,7 +109,7 @@ class ClarifaiInterceptor(
     ) -> Any:
         """Not part of the API: gRPC's hook for stream-unary calls."""
         details, credentials = self._prepare(client_call_details)
-        requests = _requests(credentials, request_iterator)
+        requests = request_stream(credentials, request_iterator)
         replayable = isinstance(request_iterator, list | tuple)
         return self._unary(continuation, client_call_details, details, requests, replayable)
 
@@ -125,7 +118,7 @@ class ClarifaiInterceptor(
     ) -> Any:
         """Not part of the API: gRPC's hook for stream-stream calls."""
         details, credentials = self._prepare(client_call_details)
-        requests = _requests(credentials, request_iterator)
+        requests = request_stream(credentials, request_iterator)
         replayable = isinstance(request_iterator, list | tuple)
         return self._stream(continuation, client_call_details, details, requests, replayable)
 

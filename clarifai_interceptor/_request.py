@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 from clarifai_grpc.grpc.api import resources_pb2
 
 from ._credentials import Credentials, user_app_id_field
 
-__all__ = ["Filled", "fill_copy", "fill_field", "filling_serializer"]
+__all__ = ["Filled", "fill_copy", "fill_field", "fill_wrap", "filling_serializer", "request_stream"]
 
 _UAI = resources_pb2.UserAppIDSet.DESCRIPTOR.full_name
 # message class -> field number of its user_app_id (0: none). Read from the descriptor: the
@@ -80,3 +81,24 @@ def filling_serializer(serializer: Any) -> Any:
         return bytes(serializer(request))
 
     return serialize
+
+
+def request_stream(
+    credentials: Credentials | None, requests: Any, fill: Callable[[Any, Any], Any] = fill_copy
+) -> Callable[[], Any]:
+    """A fresh request stream per attempt, each message filled as it is sent.
+
+    Only a list or tuple gives the same messages again; an iterator (sync or async) is read once.
+    """
+    if isinstance(requests, AsyncIterable):
+        if credentials is None:
+            return lambda: requests
+
+        async def filled() -> AsyncIterator[Any]:
+            async for request in requests:
+                yield fill(credentials, request)
+
+        return filled
+    if credentials is None:
+        return lambda: iter(requests)
+    return lambda: (fill(credentials, request) for request in requests)

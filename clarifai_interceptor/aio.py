@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -23,9 +23,8 @@ import grpc
 from ._channel import channel_options, resolve_target
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
-from ._credentials import Credentials
 from ._metadata import for_attempt
-from ._request import fill_copy
+from ._request import fill_copy, request_stream
 from ._retry import NO_RETRY, RetryPolicy, time_left
 
 __all__ = [
@@ -41,20 +40,6 @@ __all__ = [
 _Start = Callable[[int, float | None], Awaitable[Any]]  # (attempt, timeout) -> the attempt's call
 _I = TypeVar("_I", bound="_Interceptor")
 _END = object()
-
-
-def _requests(credentials: Credentials | None, requests: Any) -> Callable[[], Any]:
-    """The request stream for each attempt, each message filled as it is sent."""
-    if credentials is None:
-        return lambda: requests
-    if isinstance(requests, AsyncIterable):
-
-        async def filled() -> AsyncIterator[Any]:
-            async for request in requests:
-                yield fill_copy(credentials, request)
-
-        return filled
-    return lambda: (fill_copy(credentials, request) for request in requests)
 
 
 async def _settled(call: Any) -> object:
@@ -104,7 +89,7 @@ class _Interceptor:
             filled = fill_copy(credentials, request)
             requests: Callable[[], Any] = lambda: filled  # noqa: E731 (one line reads best)
         else:
-            requests = _requests(credentials, request)
+            requests = request_stream(credentials, request)
             if not isinstance(request, list | tuple):
                 policy = NO_RETRY  # an iterator cannot be replayed
 
