@@ -18,7 +18,15 @@ import grpc
 
 from ._retry import Attempts, time_left
 
-__all__ = ["RetryFuture", "RetryingStream", "response_stream", "settled", "unary_response"]
+__all__ = [
+    "CancelledCall",
+    "Raised",
+    "RetryFuture",
+    "RetryingStream",
+    "response_stream",
+    "settled",
+    "unary_response",
+]
 
 log = logging.getLogger("clarifai_interceptor")
 
@@ -185,6 +193,62 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
 
 
 _END = object()
+
+
+class Raised(grpc.Future, grpc.Call):  # type: ignore[misc]
+    """A call that failed before anything was sent (a provider raised, bad metadata).
+
+    ``grpc.intercept_channel`` would hand ``future()`` callers its own stand-in, whose
+    ``result(timeout=...)`` raises TypeError; this one raises the package's error.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        self._error = error
+
+    def result(self, timeout: float | None = None) -> Any:  # noqa: ARG002 (done already)
+        raise self._error
+
+    def exception(self, timeout: float | None = None) -> Exception:  # noqa: ARG002
+        return self._error
+
+    def traceback(self, timeout: float | None = None) -> Any:  # noqa: ARG002
+        return self._error.__traceback__
+
+    def cancel(self) -> bool:
+        return False
+
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> None:
+        return None
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:  # noqa: ARG002 (never runs)
+        return False
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return f"not sent: {type(self._error).__name__}"
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
 
 
 class CancelledCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]

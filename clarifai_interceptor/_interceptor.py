@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from ._calls import response_stream, unary_response
+from ._calls import Raised, response_stream, unary_response
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._credentials import Credentials
@@ -92,7 +92,10 @@ class ClarifaiInterceptor(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for unary-unary calls."""
-        details, credentials = self._prepare(client_call_details)
+        try:
+            details, credentials = self._prepare(client_call_details)
+        except Exception as exc:  # noqa: BLE001 (handed to the caller, unchanged)
+            return Raised(exc)
         request = fill_copy(credentials, request)
         return self._unary(continuation, client_call_details, details, lambda: request)
 
@@ -108,7 +111,10 @@ class ClarifaiInterceptor(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for stream-unary calls."""
-        details, credentials = self._prepare(client_call_details)
+        try:
+            details, credentials = self._prepare(client_call_details)
+        except Exception as exc:  # noqa: BLE001 (handed to the caller, unchanged)
+            return Raised(exc)
         requests = request_stream(credentials, request_iterator)
         replayable = isinstance(request_iterator, list | tuple)
         return self._unary(continuation, client_call_details, details, requests, replayable)

@@ -22,16 +22,16 @@ _GRPC_OWN = frozenset({"grpc-internal-encoding-request"})
 
 def validate(key: object, value: object) -> None:
     """Refuse a metadata entry gRPC would reject, naming its key (never its value)."""
-    if key in _GRPC_OWN:
-        return
-    if not isinstance(key, str) or not _KEY_RE.fullmatch(key) or key.startswith("grpc-"):
+    if key not in _GRPC_OWN and (
+        not isinstance(key, str) or not _KEY_RE.fullmatch(key) or key.startswith("grpc-")
+    ):
         raise ValueError(
             f"invalid metadata key {key!r}: keys are lowercase ASCII letters, digits, '-', '_' "
             "or '.', and may not start with 'grpc-'"
         )
-    if key.endswith("-bin"):
-        if not isinstance(value, bytes | str):
-            raise ValueError(f"metadata value for {key!r} must be bytes or str")
+    if isinstance(key, str) and key.endswith("-bin"):
+        if not isinstance(value, bytes):
+            raise ValueError(f"metadata value for binary key {key!r} must be bytes")
     elif not isinstance(value, str) or not _VALUE_RE.fullmatch(value):
         raise ValueError(
             f"invalid metadata value for {key!r}: it must be a str of printable ASCII "

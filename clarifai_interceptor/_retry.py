@@ -391,10 +391,12 @@ class Attempts:
     def after(self, outcome: object) -> float | None:
         """Seconds to wait before the next attempt, or None if ``outcome`` is final."""
         policy = self.policy
+        if policy.max_attempts == 1:
+            return None  # as in gRPC, only calls that may be retried feed the budget
         transient = policy.transient(outcome)
         if self.bucket is not None:
             self.bucket.record(transient, outcome)
-        if not transient or policy.max_attempts == 1:
+        if not transient:
             return None
         if self._retry is None:
             self._retry = Retry(policy, self.method, self.deadline, self.bucket)

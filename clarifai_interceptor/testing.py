@@ -237,6 +237,8 @@ class FakeClarifai:
             (``scope_pb2.S`` names such as ``"Predict"``), or to None for every scope. The
             scope ``"All"`` also grants every scope.
         max_workers: Threads serving calls (the most calls in flight at once).
+        port: The port to serve on, 0 for a free one (a fixed port lets a test stop a fake
+            and start another where clients already point).
 
     Raises:
         ValueError: A scope name is not a Clarifai scope.
@@ -247,6 +249,7 @@ class FakeClarifai:
         *,
         secrets: Mapping[str, Collection[str] | None] | None = None,
         max_workers: int = 32,
+        port: int = 0,
     ) -> None:
         self._secrets: dict[str, frozenset[str] | None] | None = None
         if secrets is not None:
@@ -261,6 +264,7 @@ class FakeClarifai:
                 every = scopes is None or "All" in scopes
                 self._secrets[secret] = None if every else frozenset(scopes or ())
         self._max_workers = max_workers
+        self._bind_port = port
         self._lock = threading.Lock()
         self._calls: list[RecordedCall] = []
         self._scripts: dict[str, deque[_Played]] = {}
@@ -330,21 +334,26 @@ class FakeClarifai:
         return f"127.0.0.1:{self._port}"
 
     def start(self) -> FakeClarifai:
-        """Start serving on a free port; return self.
+        """Start serving on the port given (a free one by default); return self.
 
         Raises:
-            RuntimeError: Already started.
+            RuntimeError: Already started, or the port could not be bound.
         """
         if self._server is not None:
             raise RuntimeError("FakeClarifai is already started")
         handlers = {name: self._handler(method) for name, method in _METHODS.items()}
-        self._executor = futures.ThreadPoolExecutor(max_workers=self._max_workers)
-        self._server = grpc.server(self._executor)
-        self._server.add_generic_rpc_handlers(
+        executor = futures.ThreadPoolExecutor(max_workers=self._max_workers)
+        server = grpc.server(executor)
+        server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
         )
-        self._port = self._server.add_insecure_port("127.0.0.1:0")
-        self._server.start()
+        try:
+            self._port = server.add_insecure_port(f"127.0.0.1:{self._bind_port}")
+        except RuntimeError:
+            executor.shutdown(wait=False)  # not started: the fake stays startable
+            raise
+        self._server, self._executor = server, executor
+        server.start()
         return self
 
     def stop(self, grace: float | None = None) -> None:

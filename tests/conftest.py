@@ -23,8 +23,8 @@ from clarifai_interceptor.testing import FakeClarifai
 
 # The package's pytest plugin (the `clarifai_fake` fixture), loaded here rather than through its
 # entry point (pyproject's addopts say `-p no:clarifai_interceptor`), so that coverage starts
-# before the package is first imported.
-pytest_plugins = ["clarifai_interceptor.pytest_plugin"]
+# before the package is first imported; and the suite-wide check that no secret leaks.
+pytest_plugins = ["clarifai_interceptor.pytest_plugin", "secrets_guard"]
 
 #: Seconds: every call in the tests has a timeout, so nothing can hang.
 T = 10
