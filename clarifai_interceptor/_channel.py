@@ -43,6 +43,20 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 _TARGET_RE = re.compile(r"[^\s/]+")
 
 
+_NO_EXTRA: dict[str, Any] = {}
+
+
+def _extra(credentials: Any, wait_for_ready: bool | None, compression: Any) -> dict[str, Any]:
+    """The per-call options to pass on, as keywords, only those given."""
+    if credentials is None and wait_for_ready is None and compression is None:
+        return _NO_EXTRA
+    return {
+        "credentials": credentials,
+        "wait_for_ready": wait_for_ready,
+        "compression": compression,
+    }
+
+
 def _same(outcome: object) -> object:
     return outcome
 
@@ -142,20 +156,42 @@ class _UnaryResponse(_Callable):
     __slots__ = ()
     _streaming = False  # whether the request is a stream
 
+    # gRPC's own signatures, positional arguments included (OpenTelemetry passes them so).
     def __call__(
-        self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
     ) -> Any:
-        return self._unary("__call__", request, self._streaming, timeout, metadata, kwargs)
+        extra = _extra(credentials, wait_for_ready, compression)
+        return self._unary("__call__", request, self._streaming, timeout, metadata, extra)
 
     def with_call(
-        self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
     ) -> Any:
-        return self._unary("with_call", request, self._streaming, timeout, metadata, kwargs)
+        extra = _extra(credentials, wait_for_ready, compression)
+        return self._unary("with_call", request, self._streaming, timeout, metadata, extra)
 
     def future(
-        self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
     ) -> Any:
-        return self._unary("future", request, self._streaming, timeout, metadata, kwargs)
+        extra = _extra(credentials, wait_for_ready, compression)
+        return self._unary("future", request, self._streaming, timeout, metadata, extra)
 
 
 class _ResponseStream(_Callable):
@@ -163,9 +199,16 @@ class _ResponseStream(_Callable):
     _streaming = False
 
     def __call__(
-        self, request: Any, timeout: float | None = None, metadata: Any = None, **kwargs: Any
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
     ) -> Any:
-        return self._stream(request, self._streaming, timeout, metadata, kwargs)
+        extra = _extra(credentials, wait_for_ready, compression)
+        return self._stream(request, self._streaming, timeout, metadata, extra)
 
 
 class _UnaryUnary(_UnaryResponse, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]

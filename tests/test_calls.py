@@ -11,7 +11,7 @@ from clarifai_grpc.grpc.api.status import status_code_pb2 as sc
 from conftest import FAST, Path, T
 
 from clarifai_interceptor import RetryPolicy
-from clarifai_interceptor._calls import CancelledCall, RetryFuture
+from clarifai_interceptor._calls import CancelledCall, Raised, RetryFuture
 from clarifai_interceptor.testing import Delay, Fail, FakeClarifai
 
 SLOW = RetryPolicy(initial_backoff=0.3, jitter=0, budget=None)
@@ -135,3 +135,26 @@ def test_stream_time_remaining_and_activity(path: Path, fake: FakeClarifai) -> N
     assert 0 < remaining <= T
     assert len(list(stream)) == 3
     assert stream.code() is grpc.StatusCode.OK
+
+
+def test_raised_is_a_finished_future_that_raises_its_error() -> None:
+    error = ValueError("invalid metadata key 'X'")
+    call = Raised(error)
+    with pytest.raises(ValueError, match="invalid metadata") as info:
+        call.result(timeout=T)
+    assert info.value is error
+    assert call.exception(timeout=T) is error
+    assert call.traceback() is error.__traceback__
+    assert call.done()
+    assert not call.running()
+    assert not call.cancelled()
+    assert call.cancel() is False
+    seen: list[object] = []
+    call.add_done_callback(seen.append)
+    assert seen == [call]
+    assert not call.is_active()
+    assert call.time_remaining() is None
+    assert call.add_callback(lambda: None) is False
+    assert call.code() is grpc.StatusCode.UNKNOWN
+    assert call.details() == "not sent: ValueError"
+    assert call.initial_metadata() == call.trailing_metadata() == ()
