@@ -19,7 +19,7 @@ from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._metadata import Pairs, for_attempt
 from ._request import fill_wrap, filling_serializer, request_stream
-from ._retry import NO_RETRY, RetryPolicy, method_name, run, time_left
+from ._retry import NO_RETRY, RetryPolicy, follow, method_name, run, time_left
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -166,8 +166,47 @@ class _UnaryResponse(_Callable):
         wait_for_ready: bool | None = None,
         compression: Any = None,
     ) -> Any:
+        if (
+            metadata is None
+            and credentials is None
+            and wait_for_ready is None
+            and compression is None
+            and not self._streaming
+        ):
+            return self._plain(request, timeout)
         extra = _extra(credentials, wait_for_ready, compression)
         return self._unary("__call__", request, self._streaming, timeout, metadata, extra)
+
+    def _plain(self, request: Any, timeout: float | None) -> Any:
+        """The commonest call (a unary request, no metadata or options) in the fewest steps.
+
+        The same engine as `_unary`, without its generality: every service call pays for it.
+        """
+        core = self._core
+        pairs, credentials = core.resolve(None)
+        policy = core.policy()
+        deadline = policy.deadline(timeout)
+        filled = fill_wrap(credentials, request)
+        mc = self._mc
+        try:
+            outcome = mc(filled, timeout=time_left(deadline), metadata=pairs)
+        except grpc.RpcError as exc:
+            outcome = exc
+        attempts = core.attempts(policy, self._method, deadline)
+        wait = attempts.after(outcome)
+        if wait is not None:
+
+            def attempt(number: int) -> Any:
+                try:
+                    metadata = for_attempt(pairs, number)
+                    return mc(filled, timeout=time_left(deadline), metadata=metadata)
+                except grpc.RpcError as exc:
+                    return exc
+
+            outcome = follow(attempts, attempt, outcome, wait)
+        if isinstance(outcome, grpc.RpcError):
+            raise outcome
+        return outcome
 
     def with_call(
         self,

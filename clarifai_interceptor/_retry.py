@@ -33,6 +33,7 @@ __all__ = [
     "RetryPolicy",
     "TokenBucket",
     "describe",
+    "follow",
     "method_name",
     "pushback",
     "run",
@@ -420,7 +421,19 @@ def run(attempts: Attempts, attempt: Callable[[int], T], view: Callable[[T], obj
     to the outcome the policy judges (an RpcError or a response).
     """
     outcome = attempt(1)
-    while (wait := attempts.after(view(outcome))) is not None:
+    return follow(attempts, attempt, outcome, attempts.after(view(outcome)), view)
+
+
+def follow(
+    attempts: Attempts,
+    attempt: Callable[[int], T],
+    outcome: T,
+    wait: float | None,
+    view: Callable[[T], object] = _same,
+) -> T:
+    """Go on from an outcome that `Attempts.after` answered with ``wait``: retry until final."""
+    while wait is not None:
         time.sleep(wait)
         outcome = attempt(attempts.number)
+        wait = attempts.after(view(outcome))
     return outcome
