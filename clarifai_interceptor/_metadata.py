@@ -62,4 +62,7 @@ def merge(
 
 def for_attempt(pairs: Pairs, number: int) -> Pairs:
     """The metadata for attempt ``number``: retry k carries ``x-retry-attempt: k``."""
-    return pairs if number == 1 else (*pairs, (ATTEMPT_HEADER, str(number - 1)))
+    if number == 1:
+        return pairs
+    kept = tuple(pair for pair in pairs if pair[0] != ATTEMPT_HEADER)  # one, ours, on a retry
+    return (*kept, (ATTEMPT_HEADER, str(number - 1)))

@@ -88,6 +88,9 @@ def test_no_malformed_value_is_ever_sent(value: str) -> None:
 def test_attempt_header_only_on_retries() -> None:
     assert for_attempt(PAT.metadata, 1) is PAT.metadata
     assert for_attempt(PAT.metadata, 3) == (*PAT.metadata, ("x-retry-attempt", "2"))
+    callers = (("x-retry-attempt", "7"), *PAT.metadata)
+    assert for_attempt(callers, 1) is callers
+    assert for_attempt(callers, 2) == (*PAT.metadata, ("x-retry-attempt", "1"))
 
 
 def test_fill_copy_fills_a_copy_and_never_mutates() -> None:
