@@ -42,14 +42,6 @@ _I = TypeVar("_I", bound="_Interceptor")
 _END = object()
 
 
-async def _settled(call: Any) -> object:
-    """A unary-response attempt's outcome as the policy judges it: its RpcError or response."""
-    try:
-        return await call
-    except grpc.RpcError as exc:
-        return exc
-
-
 async def _first(messages: AsyncIterator[Any]) -> object:
     """A response stream's first outcome: a message, an RpcError, or `_END`."""
     try:
@@ -112,7 +104,14 @@ class _Interceptor:
         if policy.max_attempts == 1:
             return call  # nothing to judge: the caller awaits (or writes to) grpc's own call
         try:
-            while (wait := attempts.after(outcome := await _settled(call))) is not None:
+            while True:
+                try:  # the attempt's outcome, as the policy judges it
+                    outcome = await call
+                except grpc.RpcError as exc:
+                    outcome = exc
+                wait = attempts.after(outcome)
+                if wait is None:
+                    break
                 await asyncio.sleep(wait)
                 call = await start(attempts.number, time_left(deadline))
         except BaseException:
