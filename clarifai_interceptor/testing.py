@@ -239,6 +239,8 @@ class FakeClarifai:
         max_workers: Threads serving calls (the most calls in flight at once).
         port: The port to serve on, 0 for a free one (a fixed port lets a test stop a fake
             and start another where clients already point).
+        tls: ``(private_key_pem, certificate_chain_pem)`` to serve TLS (for ``localhost``),
+            or None for plain TCP.
 
     Raises:
         ValueError: A scope name is not a Clarifai scope.
@@ -250,6 +252,7 @@ class FakeClarifai:
         secrets: Mapping[str, Collection[str] | None] | None = None,
         max_workers: int = 32,
         port: int = 0,
+        tls: tuple[bytes, bytes] | None = None,
     ) -> None:
         self._secrets: dict[str, frozenset[str] | None] | None = None
         if secrets is not None:
@@ -265,6 +268,7 @@ class FakeClarifai:
                 self._secrets[secret] = None if every else frozenset(scopes or ())
         self._max_workers = max_workers
         self._bind_port = port
+        self._tls = tls
         self._lock = threading.Lock()
         self._calls: list[RecordedCall] = []
         self._scripts: dict[str, deque[_Played]] = {}
@@ -348,7 +352,12 @@ class FakeClarifai:
             (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
         )
         try:
-            self._port = server.add_insecure_port(f"127.0.0.1:{self._bind_port}")
+            address = f"127.0.0.1:{self._bind_port}"
+            if self._tls is None:
+                self._port = server.add_insecure_port(address)
+            else:
+                credentials = grpc.ssl_server_credentials([self._tls])
+                self._port = server.add_secure_port(address, credentials)
         except RuntimeError:
             executor.shutdown(wait=False)  # not started: the fake stays startable
             raise
