@@ -19,7 +19,16 @@ from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._metadata import Pairs, for_attempt
 from ._request import fill_wrap, filling_serializer, request_stream
-from ._retry import NO_RETRY, RetryPolicy, follow, method_name, run, time_left
+from ._retry import (
+    NO_RETRY,
+    Attempts,
+    RetryPolicy,
+    final_at_once,
+    follow,
+    method_name,
+    run,
+    time_left,
+)
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -183,7 +192,8 @@ class _UnaryResponse(_Callable):
         The same engine as `_unary`, without its generality: every service call pays for it.
         """
         core = self._core
-        pairs, credentials = core.resolve(None)
+        credentials = core.credentials_now()
+        pairs = credentials.metadata
         policy = core.policy()
         deadline = policy.deadline(timeout)
         filled = fill_wrap(credentials, request)
@@ -192,8 +202,12 @@ class _UnaryResponse(_Callable):
             outcome = mc(filled, timeout=time_left(deadline), metadata=pairs)
         except grpc.RpcError as exc:
             outcome = exc
-        attempts = core.attempts(policy, self._method, deadline)
-        wait = attempts.after(outcome)
+        bucket = core.bucket(policy)
+        if final_at_once(policy, bucket, outcome):
+            wait = None
+        else:
+            attempts = Attempts(policy, self._method, deadline, bucket)
+            wait = attempts.after(outcome)
         if wait is not None:
 
             def attempt(number: int) -> Any:

@@ -44,18 +44,32 @@ class Core:
         self, policy: RetryPolicy, method: str | bytes, deadline: float | None
     ) -> Attempts:
         """A call's `Attempts`, sharing this channel's token bucket for the policy's budget."""
+        return Attempts(policy, method, deadline, self.bucket(policy))
+
+    def bucket(self, policy: RetryPolicy) -> TokenBucket | None:
+        """This channel's token bucket for the policy's budget (None: no budget)."""
         budget = policy.budget
         if budget is None:
-            return Attempts(policy, method, deadline)
+            return None
         last = self._last
         if last is not None and last.budget is budget:  # the usual case, without hashing
-            return Attempts(policy, method, deadline, last)
+            return last
         bucket = self._buckets.get(budget)
         if bucket is None:
             with self._lock:
                 bucket = self._buckets.setdefault(budget, TokenBucket(budget))
         self._last = bucket
-        return Attempts(policy, method, deadline, bucket)
+        return bucket
+
+    def credentials_now(self) -> Credentials:
+        """The credentials for a call made now: an override, else the default (asked if a
+        provider).
+
+        Raises:
+            CredentialsProviderError: A credentials provider raised or returned something else.
+        """
+        source = CREDENTIALS.get() or self.credentials
+        return source if type(source) is Credentials else _provide(source)
 
     def resolve(
         self, metadata: Iterable[tuple[str, Any]] | None
@@ -66,8 +80,7 @@ class Core:
             CredentialsProviderError: A credentials provider raised or returned something else.
             ValueError: The caller's metadata has an entry gRPC would refuse.
         """
-        source = CREDENTIALS.get() or self.credentials
-        credentials = source if type(source) is Credentials else _provide(source)
+        credentials = self.credentials_now()
         pairs, added = merge(metadata, credentials)
         assert pairs is not None  # noqa: S101 (credentials is never None here)
         return pairs, (credentials if added else None)

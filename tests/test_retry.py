@@ -23,7 +23,15 @@ from clarifai_interceptor import (
     RetryBudget,
     RetryPolicy,
 )
-from clarifai_interceptor._retry import Attempts, TokenBucket, describe, pushback, run, time_left
+from clarifai_interceptor._retry import (
+    Attempts,
+    TokenBucket,
+    describe,
+    final_at_once,
+    pushback,
+    run,
+    time_left,
+)
 
 FAST = RetryPolicy(initial_backoff=0, jitter=0, budget=None)
 
@@ -300,3 +308,36 @@ def test_budget_makes_attempts_fall_towards_one_under_an_outage() -> None:
         total += len(seen)
     # 10 tokens; retries stop at 5 or fewer: each call's first failure takes one token.
     assert 200 < total <= 200 + 5 + 4
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        UNAVAILABLE,
+        Failure(grpc.StatusCode.INVALID_ARGUMENT),
+        Failure(grpc.StatusCode.PERMISSION_DENIED),
+        response(sc.SUCCESS),
+        response(sc.CONN_THROTTLED),
+        response(sc.CONN_KEY_INVALID),
+    ],
+    ids=describe,
+)
+@pytest.mark.parametrize("tokens", [10.0, 9.5, 3.0])
+@pytest.mark.parametrize(
+    "policy", [FAST, RetryPolicy(jitter=0), NO_RETRY], ids=["none", "budget", "one"]
+)
+def test_final_at_once_agrees_with_attempts(
+    outcome: object, tokens: float, policy: RetryPolicy
+) -> None:
+    # The happy path's shortcut must give Attempts.after's verdict and leave the bucket as
+    # Attempts.after would: it may only skip work, never change behaviour.
+    bucket = TokenBucket(RetryBudget()) if policy.budget is not None else None
+    if bucket is not None:
+        bucket.tokens = tokens
+    if final_at_once(policy, bucket, outcome):
+        before = None if bucket is None else bucket.tokens
+        assert Attempts(policy, "M", None, bucket).after(outcome) is None
+        assert (None if bucket is None else bucket.tokens) == before
+    else:
+        assert policy.max_attempts > 1
+        assert policy.transient(outcome) or (bucket is not None and not bucket.full())
