@@ -42,12 +42,13 @@ def fill_field(credentials: Credentials | None, request: Any) -> int:
 
 def fill_copy(credentials: Credentials | None, request: Any) -> Any:
     """``request``, or a copy of it with ``user_app_id`` filled in (the interceptor path)."""
-    if not fill_field(credentials, request):
+    number = fill_field(credentials, request)
+    if not number:
         return request
     assert credentials is not None  # noqa: S101 (fill_field said so)
     copy = type(request)()
     copy.CopyFrom(request)
-    copy.user_app_id.CopyFrom(credentials.user_app_id)
+    copy.MergeFromString(user_app_id_field(credentials, number))  # cached bytes: no new message
     return copy
 
 
