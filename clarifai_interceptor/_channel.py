@@ -203,12 +203,8 @@ class _UnaryResponse(_Callable):
         except grpc.RpcError as exc:
             outcome = exc
         bucket = core.bucket(policy)
-        if final_at_once(policy, bucket, outcome):
-            wait = None
-        else:
+        if not final_at_once(policy, bucket, outcome):
             attempts = Attempts(policy, self._method, deadline, bucket)
-            wait = attempts.after(outcome)
-        if wait is not None:
 
             def attempt(number: int) -> Any:
                 try:
@@ -217,7 +213,7 @@ class _UnaryResponse(_Callable):
                 except grpc.RpcError as exc:
                     return exc
 
-            outcome = follow(attempts, attempt, outcome, wait)
+            outcome = follow(attempts, attempt, outcome, attempts.after(outcome))
         if isinstance(outcome, grpc.RpcError):
             raise outcome
         return outcome
