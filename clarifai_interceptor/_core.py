@@ -82,7 +82,6 @@ class Core:
         """
         credentials = self.credentials_now()
         pairs, added = merge(metadata, credentials)
-        assert pairs is not None  # noqa: S101 (credentials is never None here)
         return pairs, (credentials if added else None)
 
 

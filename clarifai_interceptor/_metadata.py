@@ -40,24 +40,21 @@ def validate(key: object, value: object) -> None:
 
 
 def merge(
-    metadata: Iterable[tuple[str, Any]] | None, credentials: Credentials | None
-) -> tuple[Pairs | None, bool]:
+    metadata: Iterable[tuple[str, Any]] | None, credentials: Credentials
+) -> tuple[Pairs, bool]:
     """The metadata to send, and whether the credentials' headers were added.
 
     A credential header the caller passed wins: then nothing is added (exactly one is sent).
     """
     if not metadata:  # None, or empty (grpc.aio passes an empty Metadata)
-        return (None if credentials is None else credentials.metadata), credentials is not None
+        return credentials.metadata, True
     pairs = tuple(metadata)
-    add = credentials is not None
+    add = True
     for key, value in pairs:
         validate(key, value)
         if key in CREDENTIAL_KEYS:
             add = False
-    if add:
-        assert credentials is not None  # noqa: S101 (add implies it)
-        return pairs + credentials.metadata, True
-    return pairs, False
+    return (pairs + credentials.metadata if add else pairs), add
 
 
 def for_attempt(pairs: Pairs, number: int) -> Pairs:
