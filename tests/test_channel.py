@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import grpc
 import pytest
 from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
@@ -67,9 +70,16 @@ def test_call_options_pass_through_positionally_and_by_keyword(fake: FakeClarifa
 
 def test_subscribe_and_unsubscribe_reach_the_wrapped_channel(fake: FakeClarifai) -> None:
     seen: list[grpc.ChannelConnectivity] = []
+    threads_before = set(threading.enumerate())
     with insecure_channel(fake.target, PAT_CREDS) as channel:
         channel.subscribe(seen.append, try_to_connect=True)
         grpc.channel_ready_future(channel).result(timeout=T)
         channel.unsubscribe(seen.append)
+        # gRPC's connectivity poller raises in its thread if the channel closes while it
+        # runs (grpc/grpc#18995); it stops within 0.2 s of the last unsubscribe.
+        deadline = time.monotonic() + T
+        while set(threading.enumerate()) - threads_before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not set(threading.enumerate()) - threads_before, "gRPC's poller did not stop"
     assert grpc.ChannelConnectivity.READY in seen
     assert "clarifai_interceptor channel" in repr(channel)
