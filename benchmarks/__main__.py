@@ -72,6 +72,15 @@ GROUPS: dict[str, list[tuple[str, str, str, tuple[str, ...], str]]] = {
         ("6", "`ClarifaiInterceptor`", "interceptor", ("1", "2"), "cpu/2 <= 1.05"),
         ("7a", "`wrap_channel`", "wrap", ("1",), "cpu/1 <= 1.03"),
         ("7b", "`insecure_channel`", "insecure", ("1",), "cpu/1 <= 1.03"),
+        # Diagnostics, no targets: what the policy's total timeout costs as a gRPC deadline.
+        ("1t", "diagnostic: (1) with `timeout=30`", "bare-deadline", ("1",), ""),
+        (
+            "7c",
+            "diagnostic: (7a), `RetryPolicy(timeout=None)`",
+            "wrap-no-deadline",
+            ("1", "1t"),
+            "",
+        ),
     ],
     "aio": [
         ("8a", "aio: bare stub, metadata by hand", "aio-bare", (), ""),

@@ -10,6 +10,7 @@ import collections
 import functools
 import importlib
 import time
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -190,6 +191,8 @@ class Clients:
             return grpc.intercept_channel(self._raw(), interceptors[kind]())
         if kind == "wrap":
             return wrap_channel(self._raw(), CREDENTIALS, retry=retry)
+        if kind == "wrap-no-deadline":
+            return wrap_channel(self._raw(), CREDENTIALS, retry=replace(retry, timeout=None))
         if kind == "insecure":
             self._channels.append(insecure_channel(self.target, CREDENTIALS, retry=retry))
             return self._channels[-1]
@@ -221,6 +224,8 @@ class Clients:
             proxy = SdkStyleStub(stub, METADATA)
             return lambda request: getattr(proxy, method)(request)  # noqa: PLW0108 (per call)
         call = getattr(stub, method)
+        if kind == "bare-deadline":
+            return functools.partial(call, metadata=METADATA, timeout=retry.timeout)
         by_hand = kind in {"bare", "native", "aio-bare"}
         return functools.partial(call, metadata=METADATA) if by_hand else call
 

@@ -12,7 +12,7 @@ from benchmarks.__main__ import END, START, update_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The issue's 13 variants, in order (a row per path compared).
-ROWS = ["1", "2", "3", "4", "5", "6", "7a", "7b", "8a", "8b", "8c", "8d"]
+ROWS = ["1", "2", "3", "4", "5", "6", "7a", "7b", "1t", "7c", "8a", "8b", "8c", "8d"]
 ROWS += ["9a", "9b", "9c", "9d", "9e", "9f", "10a", "10b", "10c", "11a", "11b", "11c"]
 ROWS += ["12a", "12b", "13a", "13b", "13c", "13d"]
 #: Rows measured without a baseline to compare with.
