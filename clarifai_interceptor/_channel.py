@@ -78,26 +78,42 @@ _VIEWS = {"__call__": _same, "with_call": _response_of}
 
 
 class _Callable:
-    """What the four wrapped multi-callables share: resolve, fill, start, retry."""
+    """What the four wrapped multi-callables share: resolve, fill, start, retry.
 
-    __slots__ = ("_core", "_mc", "_method")
+    Two underlying multi-callables: ``_mc`` with the stub's own serializer, for requests sent
+    as they are (no Python frame added to gRPC's serialization), and, made at the first request
+    that needs it, one whose serializer appends ``user_app_id`` to `Filled` requests.
+    """
 
-    def __init__(self, mc: Any, core: Core, method: str) -> None:
+    __slots__ = ("_core", "_filling", "_make_filling", "_mc", "_method")
+
+    def __init__(self, mc: Any, make_filling: Callable[[], Any], core: Core, method: str) -> None:
         self._mc = mc
+        self._make_filling = make_filling
+        self._filling: Any = None
         self._core = core
         self._method = method_name(method)
 
+    def _filling_mc(self) -> Any:
+        """The multi-callable whose serializer also takes `Filled` requests."""
+        if self._filling is None:  # two threads may both make one: either will do
+            self._filling = self._make_filling()
+        return self._filling
+
     def _begin(
         self, request: Any, streaming: bool, metadata: Any
-    ) -> tuple[Pairs, Callable[[], Any], RetryPolicy]:
+    ) -> tuple[Any, Pairs, Callable[[], Any], RetryPolicy]:
         pairs, credentials = self._core.resolve(metadata)
         policy = self._core.policy()
         if not streaming:
             filled = fill_wrap(credentials, request)
-            return pairs, lambda: filled, policy
+            mc = self._mc if filled is request else self._filling_mc()
+            return mc, pairs, lambda: filled, policy
         if not isinstance(request, list | tuple):
             policy = NO_RETRY  # an iterator cannot be replayed
-        return pairs, request_stream(credentials, request, fill_wrap), policy
+        # Any message of a stream may need filling: the filling serializer takes both kinds.
+        mc = self._mc if credentials is None else self._filling_mc()
+        return mc, pairs, request_stream(credentials, request, fill_wrap), policy
 
     def _unary(
         self,
@@ -108,10 +124,10 @@ class _Callable:
         metadata: Any,
         kwargs: Any,
     ) -> Any:
-        pairs, requests, policy = self._begin(request, streaming, metadata)
+        mc, pairs, requests, policy = self._begin(request, streaming, metadata)
         deadline = policy.deadline(timeout)
         attempts = self._core.attempts(policy, self._method, deadline)
-        call = getattr(self._mc, how)
+        call = getattr(mc, how)
 
         def start(number: int) -> Any:
             return call(
@@ -143,12 +159,11 @@ class _Callable:
     def _stream(
         self, request: Any, streaming: bool, timeout: float | None, metadata: Any, kwargs: Any
     ) -> Any:
-        pairs, requests, policy = self._begin(request, streaming, metadata)
+        mc, pairs, requests, policy = self._begin(request, streaming, metadata)
         # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
         # the caller's own timeout bounds the stream.
         call_deadline = None if timeout is None else time.monotonic() + timeout
         attempts = self._core.attempts(policy, self._method, policy.deadline(timeout))
-        mc = self._mc
 
         def start(number: int) -> Any:
             return mc(
@@ -197,7 +212,7 @@ class _UnaryResponse(_Callable):
         policy = core.policy()
         deadline = policy.deadline(timeout)
         filled = fill_wrap(credentials, request)
-        mc = self._mc
+        mc = self._mc if filled is request else self._filling_mc()
         try:
             outcome = mc(filled, timeout=time_left(deadline), metadata=pairs)
         except grpc.RpcError as exc:
@@ -288,14 +303,17 @@ def _multi_callable(kind: str, cls: type[_Callable]) -> Callable[..., Any]:
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        extra = {"_registered_method": True} if _registered_method else {}
-        mc = getattr(self._channel, kind)(
-            method,
-            request_serializer=filling_serializer(request_serializer),
-            response_deserializer=response_deserializer,
-            **extra,
-        )
-        return cls(mc, self._core, method)
+        factory = getattr(self._channel, kind)
+        extra: dict[str, Any] = {"response_deserializer": response_deserializer}
+        if _registered_method:
+            extra["_registered_method"] = True
+        mc = factory(method, request_serializer=request_serializer, **extra)
+
+        def make_filling() -> Any:
+            serializer = filling_serializer(request_serializer)
+            return factory(method, request_serializer=serializer, **extra)
+
+        return cls(mc, make_filling, self._core, method)
 
     make.__name__ = kind
     make.__doc__ = "Not part of the API: gRPC's channel interface, used by stubs."

@@ -557,6 +557,23 @@ def test_user_app_id_is_filled_at_its_own_field_number(
     assert call.request == expected
 
 
+def test_one_multi_callable_sends_preset_and_filled_requests_alike(
+    path: Path, fake: FakeClarifai
+) -> None:
+    # The wrapper serializes requests sent as they are and filled ones through two underlying
+    # multi-callables; the choice is per call, whichever comes first.
+    preset = predict_request("preset")
+    preset.user_app_id.CopyFrom(OTHER_UAI)
+    method = path.stub().PostModelOutputs
+    method(preset, timeout=T)
+    method(predict_request("a"), timeout=T)
+    method.with_call(preset, timeout=T)
+    method.future(predict_request("b"), timeout=T).result(timeout=T)
+    method(preset, timeout=T)
+    sent = [call.request.user_app_id for call in fake.calls_to("PostModelOutputs")]
+    assert sent == [OTHER_UAI, UAI, OTHER_UAI, UAI, OTHER_UAI]
+
+
 @pytest.mark.parametrize("make", [list, tuple, iter], ids=["list", "tuple", "iterator"])
 def test_each_message_of_a_client_stream_is_filled_as_sent(
     path: Path, fake: FakeClarifai, make: Callable[[Any], Any]
