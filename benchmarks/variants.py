@@ -26,6 +26,9 @@ from clarifai_interceptor import (
     insecure_channel,
     wrap_channel,
 )
+from clarifai_interceptor._channel import _Channel, _multi_callable, _UnaryUnary
+from clarifai_interceptor._core import Core
+from clarifai_interceptor._request import fill_wrap
 
 PAT = "bench-pat-not-a-secret"
 USER_APP_ID = resources_pb2.UserAppIDSet(user_id="bench-user", app_id="bench-app")
@@ -160,6 +163,54 @@ class AioMinimalInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details._replace(metadata=metadata), request)
 
 
+class _PassThrough(_UnaryUnary):
+    """Row 14c: the wrapper's classes, adding the credentials' metadata and nothing else."""
+
+    __slots__ = ()
+
+    def _plain(self, request: Any, timeout: float | None) -> Any:
+        return self._mc(request, timeout=timeout, metadata=self._core.credentials.metadata)
+
+
+class _WithCredentials(_UnaryUnary):
+    """Row 14d: (14c), the credentials asked per call (override, provider) as the lane does."""
+
+    __slots__ = ()
+
+    def _plain(self, request: Any, timeout: float | None) -> Any:
+        credentials = self._core.credentials_now()
+        return self._mc(request, timeout=timeout, metadata=credentials.metadata)
+
+
+class _WithFill(_UnaryUnary):
+    """Row 14e: (14d), and the ``user_app_id`` check (and fill, had it been unset)."""
+
+    __slots__ = ()
+
+    def _plain(self, request: Any, timeout: float | None) -> Any:
+        credentials = self._core.credentials_now()
+        filled = fill_wrap(credentials, request)
+        mc = self._mc if filled is request else self._filling_mc()
+        return mc(filled, timeout=timeout, metadata=credentials.metadata)
+
+
+#: The breakdown's stages: each adds one piece of `_UnaryResponse._plain` to the one before.
+STAGES = {
+    "stage-pass": _PassThrough,
+    "stage-credentials": _WithCredentials,
+    "stage-fill": _WithFill,
+}
+
+
+def stage_channel(kind: str, channel: grpc.Channel) -> grpc.Channel:
+    """A wrapper over ``channel`` whose unary-unary calls run only one stage of the lane."""
+
+    class Staged(_Channel):
+        unary_unary = _multi_callable("unary_unary", STAGES[kind])
+
+    return Staged(channel, Core(CREDENTIALS, RetryPolicy(timeout=None)))
+
+
 def aio_module() -> tuple[Any, str]:
     """``clarifai_interceptor.aio``, or None and why it cannot be imported."""
     try:
@@ -187,12 +238,17 @@ class Clients:
             "grpc-interceptor": lambda: lib_interceptor(METADATA),
             "interceptor": lambda: ClarifaiInterceptor(CREDENTIALS, retry=retry),
         }
+        wrappers = {
+            "wrap": lambda raw: wrap_channel(raw, CREDENTIALS, retry=retry),
+            "wrap-no-deadline": lambda raw: wrap_channel(
+                raw, CREDENTIALS, retry=replace(retry, timeout=None)
+            ),
+            **{stage: functools.partial(stage_channel, stage) for stage in STAGES},
+        }
         if kind in interceptors:
             return grpc.intercept_channel(self._raw(), interceptors[kind]())
-        if kind == "wrap":
-            return wrap_channel(self._raw(), CREDENTIALS, retry=retry)
-        if kind == "wrap-no-deadline":
-            return wrap_channel(self._raw(), CREDENTIALS, retry=replace(retry, timeout=None))
+        if kind in wrappers:
+            return wrappers[kind](self._raw())
         if kind == "insecure":
             self._channels.append(insecure_channel(self.target, CREDENTIALS, retry=retry))
             return self._channels[-1]

@@ -12,11 +12,11 @@ from benchmarks.__main__ import END, START, update_readme
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The issue's 13 variants, in order (a row per path compared).
-ROWS = ["1", "2", "3", "4", "5", "6", "7a", "7b", "1t", "7c", "8a", "8b", "8c", "8d"]
+ROWS = ["1", "2", "3", "4", "5", "6", "7a", "7b", "8a", "8b", "8c", "8d"]
 ROWS += ["9a", "9b", "9c", "9d", "9e", "9f", "10a", "10b", "10c", "11a", "11b", "11c"]
-ROWS += ["12a", "12b", "13a", "13b", "13c", "13d"]
+ROWS += ["12a", "12b", "13a", "13b", "13c", "13d", "14a", "14b", "14c", "14d", "14e", "14f", "14g"]
 #: Rows measured without a baseline to compare with.
-BASELINES = {"1", "8a", "9a", "9e", "10a", "11a", "11b", "11c", "12a"}
+BASELINES = {"1", "8a", "9a", "9e", "10a", "11a", "11b", "11c", "12a", "14a"}
 #: Rows that may be skipped: an optional package (grpc-interceptor) or the aio front end missing.
 OPTIONAL = {"5", "8c", "8d", "9f", "11c"}
 
