@@ -8,6 +8,7 @@ from ._channel import insecure_channel, secure_channel, wrap_channel
 from ._context import use_credentials, use_retry
 from ._credentials import Credentials
 from ._interceptor import ClarifaiInterceptor
+from ._limiter import DEFAULT_RATE_LIMIT, RateLimit, RateLimitedError
 from ._retry import (
     DEFAULT_RETRYABLE_CODES,
     DEFAULT_RETRYABLE_STATUSES,
@@ -22,6 +23,7 @@ from .exceptions import CredentialsProviderError, MissingCredentialsError
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_RATE_LIMIT",
     "DEFAULT_RETRYABLE_CODES",
     "DEFAULT_RETRYABLE_STATUSES",
     "NEVER_RETRIED_CODES",
@@ -31,6 +33,8 @@ __all__ = [
     "Credentials",
     "CredentialsProviderError",
     "MissingCredentialsError",
+    "RateLimit",
+    "RateLimitedError",
     "RetryBudget",
     "RetryPolicy",
     "__version__",

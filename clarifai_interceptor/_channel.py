@@ -17,6 +17,7 @@ import grpc
 from ._calls import response_stream, unary_response
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
+from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
 from ._metadata import Pairs, for_attempt
 from ._request import fill_wrap, filling_serializer, request_stream
 from ._retry import (
@@ -359,6 +360,7 @@ def wrap_channel(
     credentials: CredentialsSource | None = None,
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
 ) -> grpc.Channel:
     """A channel whose calls carry Clarifai credentials and retry transient failures.
 
@@ -370,6 +372,8 @@ def wrap_channel(
         credentials: A `Credentials`, a zero-argument callable returning one (consulted per
             call), or None to read `Credentials.from_env` now.
         retry: The default `RetryPolicy`; None for a single attempt.
+        rate_limit: The client-side `RateLimit` (default: adaptive, dormant until the first
+            throttle), shared per credential identity and target; None for none.
 
     Raises:
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
@@ -379,7 +383,7 @@ def wrap_channel(
         raise TypeError("wrap_channel takes a sync grpc.Channel; use clarifai_interceptor.aio")
     if not callable(getattr(channel, "unary_unary", None)):
         raise TypeError(f"wrap_channel takes a grpc.Channel, not {type(channel).__name__}")
-    return _Channel(channel, Core(credentials, retry))
+    return _Channel(channel, Core(credentials, retry, rate_limit))
 
 
 def resolve_target(target: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -412,6 +416,7 @@ def secure_channel(
     credentials: CredentialsSource | None = None,
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
     root_certificates: bytes | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
@@ -428,9 +433,10 @@ def secure_channel(
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
         ValueError: The target is malformed.
     """
-    core = Core(credentials, retry)
+    target = resolve_target(target)
+    core = Core(credentials, retry, rate_limit, target)
     channel = grpc.secure_channel(
-        resolve_target(target),
+        target,
         grpc.ssl_channel_credentials(root_certificates),
         options=channel_options(options),
     )
@@ -442,6 +448,7 @@ def insecure_channel(
     credentials: CredentialsSource | None = None,
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
     """A plain-TCP channel (local servers, tests), otherwise like `secure_channel`.
@@ -450,8 +457,9 @@ def insecure_channel(
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
         ValueError: The target is malformed.
     """
-    core = Core(credentials, retry)
     if target is None:
         raise ValueError("insecure_channel needs a target (HOST:PORT)")
-    channel = grpc.insecure_channel(resolve_target(target), options=channel_options(options))
+    target = resolve_target(target)
+    core = Core(credentials, retry, rate_limit, target)
+    channel = grpc.insecure_channel(target, options=channel_options(options))
     return _Channel(channel, core)

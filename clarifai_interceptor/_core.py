@@ -8,6 +8,7 @@ from typing import Any
 
 from ._context import CREDENTIALS, RETRY, CredentialsSource, check_source
 from ._credentials import Credentials
+from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, bucket_for
 from ._metadata import Pairs, merge
 from ._retry import NO_RETRY, Attempts, RetryBudget, RetryPolicy, TokenBucket
 from .exceptions import CredentialsProviderError
@@ -21,9 +22,24 @@ DEFAULT_RETRY = RetryPolicy()
 class Core:
     """The defaults one interceptor or channel was built with, resolved per call."""
 
-    __slots__ = ("_buckets", "_last", "_lock", "credentials", "retry")
+    __slots__ = (
+        "_buckets",
+        "_last",
+        "_limited",
+        "_lock",
+        "credentials",
+        "rate_limit",
+        "retry",
+        "target",
+    )
 
-    def __init__(self, credentials: CredentialsSource | None, retry: RetryPolicy | None) -> None:
+    def __init__(
+        self,
+        credentials: CredentialsSource | None,
+        retry: RetryPolicy | None,
+        rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+        target: str = "",
+    ) -> None:
         # Built now, not at the first call: a missing secret fails where the channel is made.
         if credentials is None:
             credentials = Credentials.from_env()
@@ -32,6 +48,14 @@ class Core:
             raise TypeError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
         self.credentials: CredentialsSource = credentials
         self.retry = NO_RETRY if retry is None else retry
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(
+                f"rate_limit must be a RateLimit or None, not {type(rate_limit).__name__}"
+            )
+        self.rate_limit = rate_limit
+        self.target = target
+        # The last credentials asked for a bucket, and that bucket: the usual case, unhashed.
+        self._limited: tuple[Credentials | None, Bucket | None] = (None, None)
         self._buckets: dict[RetryBudget, TokenBucket] = {}
         self._last: TokenBucket | None = None
         self._lock = threading.Lock()
@@ -59,6 +83,17 @@ class Core:
             with self._lock:
                 bucket = self._buckets.setdefault(budget, TokenBucket(budget))
         self._last = bucket
+        return bucket
+
+    def limiter(self, credentials: Credentials) -> Bucket | None:
+        """The rate-limit bucket for calls under ``credentials`` (None: no limit)."""
+        limit = self.rate_limit
+        if limit is None:
+            return None
+        last, bucket = self._limited
+        if last is not credentials:
+            bucket = bucket_for(limit, credentials.secret, self.target)
+            self._limited = (credentials, bucket)
         return bucket
 
     def credentials_now(self) -> Credentials:

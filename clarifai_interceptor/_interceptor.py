@@ -12,6 +12,7 @@ from ._calls import Raised, response_stream, unary_response
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._credentials import Credentials
+from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
 from ._metadata import for_attempt
 from ._request import fill_copy, request_stream
 from ._retry import NO_RETRY, RetryPolicy, time_left
@@ -54,6 +55,10 @@ class ClarifaiInterceptor(
         credentials: A `Credentials`, a zero-argument callable returning one (consulted per
             call, for rotation), or None to read `Credentials.from_env` now.
         retry: The default `RetryPolicy`; None for a single attempt.
+        rate_limit: The client-side `RateLimit` (default: adaptive, dormant until the first
+            throttle), shared per credential identity and target; None for none.
+        target: The channel's target, if known: rate limits are shared per credential
+            identity and target.
 
     Raises:
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
@@ -65,8 +70,10 @@ class ClarifaiInterceptor(
         credentials: CredentialsSource | None = None,
         *,
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+        target: str = "",
     ) -> None:
-        self._core = Core(credentials, retry)
+        self._core = Core(credentials, retry, rate_limit, target)
 
     def __repr__(self) -> str:
         return f"ClarifaiInterceptor(retry={self._core.retry!r})"

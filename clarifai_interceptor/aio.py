@@ -23,6 +23,7 @@ import grpc
 from ._channel import channel_options, resolve_target
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
+from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
 from ._metadata import for_attempt
 from ._request import fill_copy, request_stream
 from ._retry import NO_RETRY, RetryPolicy, time_left
@@ -60,8 +61,10 @@ class _Interceptor:
         credentials: CredentialsSource | None = None,
         *,
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+        target: str = "",
     ) -> None:
-        self._core = Core(credentials, retry)
+        self._core = Core(credentials, retry, rate_limit, target)
 
     @classmethod
     def _sharing(cls: type[_I], core: Core) -> _I:
@@ -281,7 +284,11 @@ class _StreamStream(_Kept, grpc.aio.StreamStreamCall):  # type: ignore[misc]
 
 
 def interceptors(
-    credentials: CredentialsSource | None = None, *, retry: RetryPolicy | None = DEFAULT_RETRY
+    credentials: CredentialsSource | None = None,
+    *,
+    retry: RetryPolicy | None = DEFAULT_RETRY,
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    target: str = "",
 ) -> list[grpc.aio.ClientInterceptor]:
     """The interceptors to pass as ``grpc.aio.*_channel(..., interceptors=...)``.
 
@@ -291,6 +298,10 @@ def interceptors(
         credentials: A `Credentials`, a zero-argument callable returning one (consulted per
             call), or None to read `Credentials.from_env` now.
         retry: The default `RetryPolicy`; None for a single attempt.
+        rate_limit: The client-side `RateLimit` (default: adaptive, dormant until the first
+            throttle), shared per credential identity and target; None for none.
+        target: The channel's target, if known: rate limits are shared per credential
+            identity and target.
 
     Returns:
         A `UnaryUnaryInterceptor`, `UnaryStreamInterceptor`, `StreamUnaryInterceptor` and
@@ -300,7 +311,7 @@ def interceptors(
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
         TypeError: ``credentials`` or ``retry`` is of the wrong type.
     """
-    core = Core(credentials, retry)
+    core = Core(credentials, retry, rate_limit, target)
     kinds: tuple[type[_Interceptor], ...] = (
         UnaryUnaryInterceptor,
         UnaryStreamInterceptor,
@@ -315,6 +326,7 @@ def secure_channel(
     credentials: CredentialsSource | None = None,
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
     root_certificates: bytes | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
@@ -334,9 +346,10 @@ def secure_channel(
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
         ValueError: The target is malformed.
     """
-    chain = interceptors(credentials, retry=retry)
+    target = resolve_target(target)
+    chain = interceptors(credentials, retry=retry, rate_limit=rate_limit, target=target)
     return grpc.aio.secure_channel(
-        resolve_target(target),
+        target,
         grpc.ssl_channel_credentials(root_certificates),
         options=channel_options(options),
         interceptors=chain,
@@ -348,6 +361,7 @@ def insecure_channel(
     credentials: CredentialsSource | None = None,
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
+    rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
     """A ``grpc.aio`` plain-TCP channel (local servers, tests), otherwise like `secure_channel`.
@@ -356,9 +370,8 @@ def insecure_channel(
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
         ValueError: The target is malformed.
     """
-    chain = interceptors(credentials, retry=retry)
     if target is None:
         raise ValueError("insecure_channel needs a target (HOST:PORT)")
-    return grpc.aio.insecure_channel(
-        resolve_target(target), options=channel_options(options), interceptors=chain
-    )
+    target = resolve_target(target)
+    chain = interceptors(credentials, retry=retry, rate_limit=rate_limit, target=target)
+    return grpc.aio.insecure_channel(target, options=channel_options(options), interceptors=chain)
