@@ -81,7 +81,7 @@ class Core:
         bucket = self._buckets.get(budget)
         if bucket is None:
             with self._lock:
-                bucket = self._buckets.setdefault(budget, TokenBucket(budget))
+                bucket = self._buckets.setdefault(budget, TokenBucket(budget, self.target))
         self._last = bucket
         return bucket
 

@@ -12,6 +12,7 @@ import math
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -39,6 +40,7 @@ __all__ = [
     "pushback",
     "run",
     "time_left",
+    "token_buckets",
 ]
 
 log = logging.getLogger("clarifai_interceptor")
@@ -105,15 +107,26 @@ class RetryBudget:
         _number("token_ratio", self.token_ratio, low=0)
 
 
+_TOKEN_BUCKETS: weakref.WeakSet[TokenBucket] = weakref.WeakSet()
+
+
+def token_buckets() -> list[TokenBucket]:
+    """Every retry budget's bucket alive in the process (each has ``target`` and ``tokens``),
+    for gauges."""
+    return list(_TOKEN_BUCKETS)
+
+
 class TokenBucket:
     """The shared state of a `RetryBudget`: thread-safe, and safe across asyncio tasks."""
 
-    __slots__ = ("_lock", "budget", "tokens")
+    __slots__ = ("__weakref__", "_lock", "budget", "target", "tokens")
 
-    def __init__(self, budget: RetryBudget) -> None:
+    def __init__(self, budget: RetryBudget, target: str = "") -> None:
         self.budget = budget
+        self.target = target
         self.tokens = float(budget.max_tokens)
         self._lock = threading.Lock()
+        _TOKEN_BUCKETS.add(self)
 
     def record(self, transient: bool, outcome: object) -> None:
         """Take a token for a transient failure; give some back for a successful response."""
