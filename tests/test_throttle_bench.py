@@ -1,0 +1,128 @@
+"""The throttle benchmark keeps its books: the server's counts agree with the clients'. Tiny
+cells, no performance asserted."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from benchmarks import throttle
+
+TINY = throttle.Settings(duration=1.0, drain=2.0, rounds=1)
+FIELDS = {"goodput", "attempts_per_success", "failed", "failed_pct", "unfinished", "p50_ms"}
+FIELDS |= {"p99_ms", "cpu_ms_per_success", "server_core", "throttled_per_s"}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[throttle.ThrottleServer]:
+    with throttle.ThrottleServer() as running:
+        yield running
+
+
+@pytest.fixture
+def small(monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 threads (and 2 processes of 2 for the fleet), 50 tasks for aio."""
+    workloads = dict(throttle.WORKLOADS)
+    workloads["t4"] = ("4 threads", "threads", 1, 4, "body")
+    workloads["pushback4"] = ("4 threads, pushback", "threads", 1, 4, "pushback")
+    workloads["aio50"] = ("aio, 50 tasks", "aio", 1, 50, "body")
+    workloads["fleet2"] = ("2 processes x 2 threads", "threads", 2, 2, "body")
+    monkeypatch.setattr(throttle, "WORKLOADS", workloads)
+
+
+def _books(cell: dict) -> None:
+    """Every success is one admitted attempt; every call ended or is counted unfinished."""
+    assert set(cell["metrics"]) >= FIELDS
+    for p in cell["processes"]:
+        assert p["accepted"] == p["successes"], p["tag"]
+        assert p["calls"] == p["successes"] + sum(p["failures"].values())
+        assert p["unfinished"] == 0
+        assert sum(p["successes_per_slice"]) == p["successes"]
+        per_slice = [n for _, n in p["server_per_slice"]]
+        assert sum(a for a, _ in per_slice) == p["accepted"]
+        assert sum(t for _, t in per_slice) == p["throttled"]
+    assert all(isinstance(x, int | float) for x in cell["metrics"].values())
+
+
+@pytest.mark.usefixtures("small")
+def test_bare_stub_cell_balances(server: throttle.ThrottleServer) -> None:
+    cell = throttle.run_cell(server, TINY, "t4", "bare", "t-bare")
+    _books(cell)
+    (p,) = cell["processes"]
+    # No retries: each throttled attempt is one failed call, each admitted one a success.
+    assert p["throttled"] == p["failures"].get("CONN_THROTTLED", 0) == cell["metrics"]["failed"]
+    assert cell["metrics"]["attempts_per_success"] == pytest.approx(
+        (p["accepted"] + p["throttled"]) / p["successes"]
+    )
+
+
+@pytest.mark.usefixtures("small")
+@pytest.mark.parametrize(
+    ("workload", "variant"),
+    [("t4", "tenacity"), ("t4", "ours"), ("t4", "ours-fixed"), ("pushback4", "ours-none")],
+)
+def test_retrying_cells_balance(
+    server: throttle.ThrottleServer, workload: str, variant: str
+) -> None:
+    cell = throttle.run_cell(server, TINY, workload, variant, f"t-{workload}-{variant}")
+    _books(cell)
+    (p,) = cell["processes"]
+    assert p["accepted"] + p["throttled"] >= p["calls"]
+
+
+@pytest.mark.usefixtures("small")
+def test_aio_cell_measures_the_loop(server: throttle.ThrottleServer) -> None:
+    cell = throttle.run_cell(server, TINY, "aio50", "ours", "t-aio")
+    _books(cell)
+    assert cell["metrics"]["loop_lag_ms"] >= 0
+
+
+@pytest.mark.usefixtures("small")
+def test_fleet_cell_counts_each_process(server: throttle.ThrottleServer) -> None:
+    cell = throttle.run_cell(server, TINY, "fleet2", "bare", "t-fleet")
+    _books(cell)
+    assert [p["tag"] for p in cell["processes"]] == ["t-fleet-p0", "t-fleet-p1"]
+    assert 0 < cell["metrics"]["jain"] <= 1
+
+
+def test_rows_render_and_judge(tmp_path: Path) -> None:
+    metrics = dict.fromkeys(FIELDS, 1.0) | {"failed": 0.0, "unfinished": 0.0}
+    cells = [
+        {"workload": "t64", "variant": name, "metrics": metrics | {"attempts_per_success": aps}}
+        for name, aps in (("bare", 20.0), ("tenacity", 2.0), ("sdk", 1.1), ("ours", 1.01))
+    ]
+    rows = throttle.rows_of(cells, ["t64"], {"t64": ["bare", "tenacity", "sdk", "ours"]})
+    ours = next(r for r in rows if r["variant"] == "ours")
+    judged = {t["target"]: t["met"] for t in ours["targets"]}
+    assert judged["ahead of every rival"]
+    assert judged["goodput >= 0.98"]
+    assert judged["p99_ms <= 356"]
+    assert judged["failed == 0"]
+    result = {
+        "machine": throttle.machine(),
+        "quick": True,
+        "settings": {**vars(TINY), "rate": 200.0, "burst": 20.0, "work_ms": 5.0},
+        "seconds": 1.0,
+        "redis": False,
+        "rows": rows,
+    }
+    table = throttle.render(result)
+    assert "| 64 threads, one process | ours, default (adaptive) |" in table
+    assert "Targets:" in table
+
+
+def test_jain_index() -> None:
+    assert throttle.jain([1.0, 1.0, 1.0, 1.0]) == 1.0
+    assert throttle.jain([1.0, 0.0, 0.0, 0.0]) == 0.25
+    assert math.isclose(throttle.jain([0.5, 0.25]), 0.9)
+
+
+def test_settings_are_bounded() -> None:
+    full = throttle.Settings()
+    cells = sum(len(v) for v in throttle.plan(redis=True).values())
+    assert cells * (full.duration + 2) * full.rounds < 15 * 60
+    assert replace(throttle.QUICK).rounds == 1
