@@ -79,6 +79,7 @@ def test_aio_cell_measures_the_loop(server: throttle.ThrottleServer) -> None:
     cell = throttle.run_cell(server, TINY, "aio50", "ours", "t-aio")
     _books(cell)
     assert cell["metrics"]["loop_lag_ms"] >= 0
+    assert cell["metrics"]["longest_callback_ms"] > 0
 
 
 @pytest.mark.usefixtures("small")
