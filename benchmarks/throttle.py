@@ -125,30 +125,26 @@ def targets(workload: str, variant: str) -> str:
 # --- the clients (run in the worker processes) --------------------------------------------
 
 
-def redis_store(url: str) -> Any:
-    """A ``clarifai_interceptor.redis.RedisStore`` on ``url``; None if the module is absent."""
+def redis_store(url: str, prefix: str) -> Any:
+    """A ``clarifai_interceptor.redis.RedisStore`` on ``url`` whose keys start with ``prefix``
+    (one per cell, so that no state carries over); None if the module is absent."""
     if importlib.util.find_spec("clarifai_interceptor.redis") is None:
         return None
-    module = importlib.import_module("clarifai_interceptor.redis")
-    store = module.RedisStore
-    if hasattr(store, "from_url"):
-        return store.from_url(url)
-    import redis  # noqa: PLC0415 (only the Redis variants need it)
-
-    return store(redis.Redis.from_url(url))
+    return importlib.import_module("clarifai_interceptor.redis").RedisStore(url, prefix=prefix)
 
 
-def rate_limit(variant: str, rate: float, redis_url: str | None) -> Any:
+def rate_limit(spec: dict[str, Any]) -> Any:
     """The ``rate_limit=`` of one of our variants (``...`` for the default)."""
     from clarifai_interceptor import RateLimit  # noqa: PLC0415
 
+    variant = spec["variant"]
     if variant == "ours-none":
         return None
-    if variant == "ours-fixed":
-        return RateLimit(per_second=rate)
-    if variant in FLEET_ONLY:
-        store = redis_store(redis_url or "")
-        fixed = rate if variant == "ours-redis-fixed" else None
+    if variant == "ours-fixed":  # a process's share of R
+        return RateLimit(per_second=spec["client_rate"])
+    if variant in FLEET_ONLY:  # R, shared by the fleet
+        store = redis_store(spec["redis"], spec["prefix"])
+        fixed = spec["server_rate"] if variant == "ours-redis-fixed" else None
         return RateLimit(per_second=fixed, store=store)
     return ...
 
@@ -159,7 +155,7 @@ def sync_caller(spec: dict[str, Any]) -> tuple[Callable[[Any], Any], grpc.Channe
 
     variant, tag = spec["variant"], ((TAG, spec["tag"]),)
     if variant.startswith("ours"):
-        limit = rate_limit(variant, spec["client_rate"], spec.get("redis"))
+        limit = rate_limit(spec)
         kwargs = {} if limit is ... else {"rate_limit": limit}
         channel = insecure_channel(spec["target"], v.CREDENTIALS, **kwargs)
         stub = service_pb2_grpc.V2Stub(channel)
@@ -191,7 +187,7 @@ def aio_caller(spec: dict[str, Any]) -> tuple[Callable[[Any], Any], Any]:
     if variant.startswith("ours"):
         import clarifai_interceptor.aio as cia  # noqa: PLC0415
 
-        limit = rate_limit(variant, spec["client_rate"], spec.get("redis"))
+        limit = rate_limit(spec)
         kwargs = {} if limit is ... else {"rate_limit": limit}
         channel = cia.insecure_channel(spec["target"], v.CREDENTIALS, **kwargs)
         call = service_pb2_grpc.V2Stub(channel).PostModelOutputs
@@ -565,6 +561,7 @@ def run_cell(
             "tag": f"{tag}-p{i}",
             "server_rate": RATE,
             "client_rate": client_rate,
+            "prefix": f"bench:{tag}:",
             **extra,
         }
         procs.append(
