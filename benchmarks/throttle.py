@@ -450,7 +450,7 @@ def worker(spec: dict[str, Any]) -> None:
         "tag": spec["tag"],
         "calls": len(calls),
         "successes": len(ok),
-        "successes_in_window": sum(1 for _b, e in ok if e <= duration),
+        "successes_in_window": sum(1 for _b, e in ok if SLICE < e <= duration),
         "failures": failures,
         "unfinished": record.in_flight,
         "latencies_ms": [round((e - b) * 1e3, 2) for b, e in ok],
@@ -600,10 +600,10 @@ def run_cell(
     return summarize(workload, variant, settings, results, counts, wall, server_cpu / elapsed)
 
 
-def goodput(successes: int, settings: Settings, processes: int) -> float:
-    """One process's successes per second inside the window, as a fraction of R, less its share
-    of the bucket's initial burst: 1.0 is all that the server admits."""
-    return (successes - BURST / processes) / settings.duration / RATE
+def goodput(successes: int, settings: Settings) -> float:
+    """Successes per second inside the window after its first slice, as a fraction of R: the
+    bucket's initial burst lands in that slice, so 1.0 is all that the server admits."""
+    return successes / (settings.duration - SLICE) / RATE
 
 
 def summarize(
@@ -625,7 +625,7 @@ def summarize(
     }
     attempts = sum(c["accepted"] + c["throttled"] for c in mine.values())
     latencies = [x for r in results for x in r["latencies_ms"]]
-    goodputs = [goodput(r["successes_in_window"], settings, len(results)) for r in results]
+    goodputs = [goodput(r["successes_in_window"], settings) for r in results]
     first = int(wall // SLICE)
     metrics: dict[str, Any] = {
         "goodput": sum(goodputs),
@@ -652,7 +652,7 @@ def summarize(
         processes.append(
             {
                 "tag": r["tag"],
-                "goodput": goodput(r["successes_in_window"], settings, len(results)),
+                "goodput": goodput(r["successes_in_window"], settings),
                 "successes": r["successes"],
                 "accepted": mine[r["tag"]]["accepted"],
                 "throttled": mine[r["tag"]]["throttled"],
@@ -782,8 +782,8 @@ def render(result: dict[str, Any]) -> str:
         ),
         "",
         (
-            "Goodput: successes inside the window per second, less the bucket's initial burst,"
-            " over R (1.000 R is all the server admits). Attempts: the server's"
+            "Goodput: successes per second inside the window after its first 0.25 s (where the"
+            " server's initial burst lands), over R. Attempts: the server's"
             " count per success. CPU: the client processes' per success. Server: its CPU, as a"
             " share of one core."
         ),
