@@ -80,6 +80,7 @@ def test_aio_cell_measures_the_loop(server: throttle.ThrottleServer) -> None:
     _books(cell)
     assert cell["metrics"]["loop_lag_ms"] >= 0
     assert cell["metrics"]["longest_callback_ms"] > 0
+    assert cell["metrics"]["limiter_block_ms"] > 0  # the limiter ran on the loop, and was timed
 
 
 @pytest.mark.usefixtures("small")
