@@ -479,3 +479,117 @@ def test_where_follows_the_sdks_base_rules() -> None:
     )
     assert sdk._where("localhost", False, None).target == "localhost:80"
     assert sdk._where("api.clarifai.com", True, None).tls
+
+
+def test_stream_sends_a_request_stream_once(fake: FakeClarifai) -> None:
+    fake.script("StreamModelOutputs", Stream([_outputs(), _outputs()]), codes.CONN_THROTTLED)
+    with sdk.install(retry=QUICK):
+        model = _model(_base(fake), SDK_PAT)
+        assert len(list(model.stream(inputs=iter([_inputs()])))) == 2
+        # A request iterator cannot be replayed: a throttled stream comes back, as the SDK says.
+        with pytest.raises(Exception, match="Model Predict failed"):
+            list(model.stream(inputs=iter([_inputs()])))
+    first, second = fake.calls_to("StreamModelOutputs")
+    assert len(first.requests) == len(second.requests) == 1
+    assert first.headers("authorization") == [f"Key {SDK_PAT}"]
+
+
+def test_a_stub_whose_address_is_unknown_keeps_its_channel(
+    fake: FakeClarifai, caplog: pytest.LogCaptureFixture
+) -> None:
+    helper = sdk_helper.ClarifaiAuthHelper(
+        user_id="fake-user", pat=SDK_PAT, base=_base(fake), validate=False
+    )
+    made = sdk_stub.create_stub(helper, max_retry_attempts=0)  # an AuthorizedStub, pre-install
+    made.stub = type("Opaque", (), {"ListApps": object()})()  # no address to read
+    with sdk.install():
+        assert made.ListApps is made.stub.ListApps  # as the SDK has it
+    assert "kept its channel" in caplog.text
+
+
+def test_credentials_from_a_helper_follow_the_sdks_fields() -> None:
+    pat = sdk._credentials(SDK_PAT, "", "fake-user", "fake-app")
+    assert (pat.kind, pat.user_id, pat.app_id) == ("pat", "fake-user", "fake-app")
+    assert sdk._credentials(SDK_PAT, "", "", "fake-app").app_id is None  # no user: no app
+    token = sdk._credentials("", SDK_TOKEN, "fake-user", "")
+    assert (token.kind, token.app_id) == ("session_token", None)
+    with pytest.raises(Exception, match="'token' or 'pat' needed"):
+        sdk._credentials("", "", "fake-user", "")
+
+
+def test_strip_drops_only_the_clients_own_header() -> None:
+    own = sdk._own_headers(SDK_PAT, "")
+    prefix = ("x-clarifai-request-id-prefix", "sdk-python-12.5.0")
+    mine = ("authorization", f"Key {SDK_PAT}")
+    theirs = ("authorization", f"Key {OTHER_PAT}")
+    assert sdk._strip((mine, prefix), own) == (prefix,)
+    assert sdk._strip((theirs, prefix), own) == (theirs, prefix)
+    assert sdk._strip((mine,), own) is None
+    assert sdk._strip(None, own) is None
+    assert sdk._strip((mine,), frozenset()) == (mine,)
+
+
+def test_a_helpers_own_stub_and_channel_for_hand_made_calls(fake: FakeClarifai) -> None:
+    helper = sdk_helper.ClarifaiAuthHelper(user_id="fake-user", pat=SDK_PAT, base=_base(fake))
+    with sdk.install(retry=QUICK):
+        stub, channel = helper.get_stub_and_channel()
+    request = service_pb2.ListAppsRequest(user_app_id=helper.get_user_app_id_proto())
+    fake.script("ListApps", codes.CONN_THROTTLED, codes.CONN_THROTTLED)
+    response, call = stub.ListApps.with_call(request, metadata=helper.metadata, timeout=T)
+    assert response.status.code == codes.SUCCESS
+    assert call.code() == grpc.StatusCode.OK
+    assert stub.ListApps.future(request, metadata=helper.metadata).result(
+        timeout=T
+    ).status.code == (codes.SUCCESS)
+    seen: list[object] = []
+    channel.subscribe(seen.append)
+    channel.unsubscribe(seen.append)
+    assert "sdk channel" in repr(channel)
+    with channel:
+        pass
+    assert len(fake.calls_to("ListApps")) == 4
+    assert {call.header("authorization") for call in fake.calls} == {f"Key {SDK_PAT}"}
+
+
+def test_async_predict_builds_the_sdks_request(fake: FakeClarifai) -> None:
+    async def scenario(model: Model) -> None:
+        await model.async_client._async_predict_by_proto(
+            _inputs(),
+            method_name="predict",
+            inference_params={"temperature": 0.5},
+            output_config={"max_concepts": 3},
+        )
+        with pytest.raises(UserError, match="Invalid inputs"):
+            await model.async_client._async_predict_by_proto("not a list")  # type: ignore[arg-type]
+        with pytest.raises(UserError, match="Too many inputs"):
+            await model.async_client._async_predict_by_proto(_inputs() * 1000)
+
+    with sdk.install(retry=QUICK):
+        model = _model(_base(fake), SDK_PAT)
+        asyncio.run(scenario(model))
+    (call,) = fake.calls_to("PostModelOutputs")
+    request = call.request
+    assert request.inputs[0].data.metadata["_method_name"] == "predict"
+    assert request.model.model_version.output_info.params["temperature"] == 0.5
+    assert request.model.model_version.output_info.output_config.max_concepts == 3
+    assert request.model_id == "fake-model"
+
+
+def test_an_async_client_over_https(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    cert = authority.issue_cert("localhost")
+    chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    roots = tmp_path / "roots.pem"
+    roots.write_bytes(authority.cert_pem.bytes())
+    with FakeClarifai(tls=(cert.private_key_pem.bytes(), chain)) as tls_fake:
+        base = "https://localhost:" + tls_fake.target.rsplit(":", 1)[1]
+
+        async def scenario() -> int:
+            model = Model(url=MODEL_URL, pat=SDK_PAT, base_url=base, root_certificates_path=roots)
+            response = await model.async_predict(inputs=_inputs())
+            return int(response.status.code)
+
+        with sdk.install(retry=QUICK):
+            tls_fake.script("PostModelOutputs", codes.CONN_THROTTLED)
+            assert asyncio.run(scenario()) == codes.SUCCESS
+        assert len(tls_fake.calls_to("PostModelOutputs")) == 2
