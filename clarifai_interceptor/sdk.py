@@ -327,7 +327,8 @@ def _stub(channel: Any) -> Any:
     from clarifai_grpc.grpc.api import service_pb2_grpc  # noqa: PLC0415 (after the quirk fix)
 
     stub = service_pb2_grpc.V2Stub(channel)
-    _ours.add(stub)
+    with _lock:  # a WeakSet is not safe to change from several threads at once
+        _ours.add(stub)
     return stub
 
 
