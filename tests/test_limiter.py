@@ -194,6 +194,15 @@ def test_the_send_rate_estimate_survives_a_stall() -> None:
     assert after >= before * 0.9
 
 
+def test_a_throttle_after_a_few_calls_starts_from_the_initial_rate() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(initial_rate=15.0), clock)
+    bucket.acquire(0.0, None)
+    clock.now += 0.01
+    bucket.feedback(GO, throttled=True)  # one call seen: 2/s would be no estimate at all
+    assert bucket.rate() == pytest.approx(15.0 * BETA)
+
+
 def test_the_adaptive_rate_never_falls_below_min_rate() -> None:
     clock = Clock()
     bucket = LocalBucket(RateLimit(min_rate=2.0), clock)
@@ -217,6 +226,7 @@ def test_the_adaptive_rate_never_falls_below_min_rate() -> None:
         ("max_wait", -0.1),
         ("max_wait", float("nan")),
         ("min_rate", 0),
+        ("initial_rate", -1),
         ("key", ""),
         ("key", 7),
         ("store", object()),
