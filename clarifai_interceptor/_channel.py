@@ -212,6 +212,7 @@ class _UnaryResponse(_Callable):
         credentials = core.credentials_now()
         pairs = credentials.metadata
         policy = core.policy()
+        started = time.monotonic()
         deadline = policy.deadline(timeout)
         filled = fill_wrap(credentials, request)
         mc = self._mc if filled is request else self._filling_mc()
@@ -230,7 +231,7 @@ class _UnaryResponse(_Callable):
             outcome = exc
         bucket = core.bucket(policy)
         if not final_at_once(policy, bucket, outcome):
-            attempts = core.attempts(policy, self._method, deadline, limiter, permit)
+            attempts = core.attempts(policy, self._method, deadline, limiter, permit, started)
 
             def attempt(number: int) -> Any:
                 try:

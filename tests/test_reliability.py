@@ -1117,11 +1117,11 @@ def test_no_failure_pattern_overruns_the_call_deadline(pattern: str) -> None:
     """
     outcomes, policy = PATTERNS[pattern]
     runs: dict[str, Callable[[], float]] = {}
-    for source in ("call timeout", "policy timeout"):
+    for source in ("call timeout", "total_timeout"):
         if source == "call timeout":
             retry, timeout = policy, DEADLINE
         else:
-            retry, timeout = dataclasses.replace(policy, timeout=DEADLINE), T
+            retry, timeout = dataclasses.replace(policy, total_timeout=DEADLINE), T
         for kind in ("interceptor", "wrapper"):
             for style in ("call", "future"):
                 runs[f"{kind} {style}, {source}"] = functools.partial(

@@ -715,11 +715,11 @@ def test_call_timeout_bounds_all_attempts_and_waits(path: Path, fake: FakeClarif
 @pytest.mark.parametrize(
     ("policy", "timeout"),
     [
-        (RetryPolicy(initial_backoff=0, jitter=0, timeout=0.5), T),
+        (RetryPolicy(initial_backoff=0, jitter=0, total_timeout=0.5), T),
         (RetryPolicy(initial_backoff=0, jitter=0, timeout=None), 0.5),
         (RetryPolicy(initial_backoff=0, jitter=0, timeout=30), 0.5),
     ],
-    ids=["policy_timeout", "call_timeout", "call_timeout_shorter"],
+    ids=["total_timeout", "call_timeout", "call_timeout_shorter"],
 )
 def test_each_attempt_gets_only_the_time_left(
     path: Path, fake: FakeClarifai, policy: RetryPolicy, timeout: float
