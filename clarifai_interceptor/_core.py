@@ -92,7 +92,7 @@ class Core:
             return None
         last, bucket = self._limited
         if last is not credentials:
-            bucket = bucket_for(limit, credentials.secret, self.target)
+            bucket = bucket_for(limit, credentials.secret.reveal(), self.target)
             self._limited = (credentials, bucket)
         return bucket
 
