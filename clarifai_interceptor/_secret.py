@@ -102,7 +102,7 @@ class CredentialPair(tuple[str, str]):
     """One credential header, ``(key, value)``, whose repr redacts the value.
 
     gRPC copies our metadata into tuples of its own (``tuple(metadata)``); the pairs stay ours,
-    so those copies print redacted too.
+    so those copies print redacted too, and none of them can be pickled.
     """
 
     __slots__ = ()
@@ -111,6 +111,15 @@ class CredentialPair(tuple[str, str]):
         return repr((self[0], REDACTED))
 
     __str__ = __repr__
+
+    def __copy__(self) -> CredentialPair:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: object) -> CredentialPair:
+        return self
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError(_NO_PICKLE)
 
 
 class Pairs(tuple[tuple[str, Any], ...]):
