@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 import warnings
 from collections.abc import Mapping
@@ -206,13 +207,14 @@ class Credentials:
         kind = _SECRET_VARS[found[0]]
         user_id = env.get("CLARIFAI_USER_ID") or None
         app_id = env.get("CLARIFAI_APP_ID") or None
-        if kind == "api_key":
-            # An API key implies its app; ids set for other tools are not an error here.
-            return cls(kind=kind, secret=_wrap(env[found[0]]))
         try:
+            if kind == "api_key":
+                # An API key implies its app; ids set for other tools are not an error here.
+                return cls(kind=kind, secret=_wrap(env[found[0]]))
             return cls(kind=kind, secret=_wrap(env[found[0]]), user_id=user_id, app_id=app_id)
         except ValueError as exc:
-            raise ValueError(f"{found[0]} and the ids beside it: {exc}") from None
+            beside = "" if kind == "api_key" else " and the ids beside it"
+            raise ValueError(f"{found[0]}{beside}: {exc}") from None
 
     @property
     def user_app_id(self) -> resources_pb2.UserAppIDSet | None:
@@ -235,8 +237,21 @@ def _warn_no_user() -> None:
         "it must set it itself; pass user_id= (and app_id=) to Credentials.from_pat, or set "
         "CLARIFAI_USER_ID, to have it filled. Warned once per process.",
         NoUserIdWarning,
-        stacklevel=5,  # the caller of from_pat or from_env
+        stacklevel=_outside(),
     )
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))  # noqa: PTH100, PTH120
+
+
+def _outside() -> int:
+    """The ``stacklevel`` of the first frame outside this package: the line that built them."""
+    level, frame = 2, sys._getframe(2)  # noqa: SLF001 (the caller of _warn_no_user's caller)
+    while frame.f_back is not None and (
+        frame.f_code.co_filename.startswith(_HERE) or frame.f_code.co_filename == "<string>"
+    ):  # "<string>": the __init__ that dataclasses generate
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def user_app_id_field(credentials: Credentials, field_number: int) -> bytes:
