@@ -52,25 +52,39 @@ def merge(
     """
     if not metadata:  # None, or empty (grpc.aio passes an empty Metadata)
         return credentials.metadata, True
-    if isinstance(metadata, str | bytes | Mapping) or not isinstance(metadata, Iterable):
+    kind = type(metadata)
+    if (
+        kind is not tuple
+        and kind is not list
+        and (isinstance(metadata, str | bytes | Mapping) or not isinstance(metadata, Iterable))
+    ):
         raise ValueError(
-            "metadata must be a sequence of (key, value) pairs, not a " + type(metadata).__name__
+            f"metadata must be a sequence of (key, value) pairs, not a {type(metadata).__name__}"
         )
     pairs = tuple(metadata)
     add = True
-    for number, pair in enumerate(pairs):
-        if not isinstance(pair, tuple | list) or len(pair) != 2:
-            size = f" of length {len(pair)}" if isinstance(pair, tuple | list | str) else ""
-            raise ValueError(
-                f"metadata entry {number} is not a (key, value) pair: a {type(pair).__name__}{size}"
-            )
-        validate(*pair)
-        if pair[0] in CREDENTIAL_KEYS:
+    for pair in pairs:
+        if type(pair) is not tuple or len(pair) != 2:
+            _check_pair(pairs, pair)
+        key, value = pair
+        validate(key, value)
+        if key in CREDENTIAL_KEYS:
             add = False
     if add:
         return Pairs((*pairs, *credentials.metadata)), True
     # The caller's own credential header: ours to carry, so it prints redacted too.
     return Pairs(CredentialPair(p) if p[0] in CREDENTIAL_KEYS else p for p in pairs), False
+
+
+def _check_pair(pairs: tuple[Any, ...], pair: object) -> None:
+    """Refuse an entry that is not a pair, naming its position and type (never its value)."""
+    if isinstance(pair, list) and len(pair) == 2:
+        return
+    size = f" of length {len(pair)}" if isinstance(pair, tuple | list | str) else ""
+    number = next(i for i, entry in enumerate(pairs) if entry is pair)
+    raise ValueError(
+        f"metadata entry {number} is not a (key, value) pair: a {type(pair).__name__}{size}"
+    )
 
 
 def for_attempt(pairs: Pairs, number: int) -> Pairs:
