@@ -302,6 +302,20 @@ def test_providers_that_cannot_be_called_bare_are_refused_when_built(
         assert problem in str(info.value)
 
 
+def test_a_provider_whose_signature_is_unknown_is_judged_when_called() -> None:
+    ClarifaiInterceptor(dict)  # a builtin without a signature: accepted when built
+
+
+class _AsyncCall:
+    async def __call__(self) -> Credentials:
+        return CREDS
+
+
+def test_an_object_with_an_async_call_is_refused() -> None:
+    with pytest.raises(TypeError, match="_AsyncCall is a coroutine function"):
+        ClarifaiInterceptor(_AsyncCall())
+
+
 def test_providers_with_defaults_or_varargs_are_accepted(fake: FakeClarifai) -> None:
     def with_default(tenant: str = "t") -> Credentials:
         return CREDS
@@ -336,6 +350,10 @@ def _settle(outcome: Any) -> None:
         ((("x-a", "1", "2"),), "metadata entry 0 is not a (key, value) pair: a tuple of length 3"),
         (("x-a",), "metadata entry 0 is not a (key, value) pair: a str of length 3"),
         ((3,), "metadata entry 0 is not a (key, value) pair: a int"),
+        (
+            [["x-a", "1"], ["x-b"]],
+            "metadata entry 1 is not a (key, value) pair: a list of length 1",
+        ),
         ("x-a", "metadata must be a sequence of (key, value) pairs, not a str"),
         ({"x-a": "1"}, "metadata must be a sequence of (key, value) pairs, not a dict"),
         (7, "metadata must be a sequence of (key, value) pairs, not a int"),
@@ -357,6 +375,16 @@ def test_metadata_that_is_not_pairs_fails_at_once_naming_the_entry(
             assert problem in str(info.value)
     raw.close()
     assert fake.calls == []  # nothing was sent
+
+
+def test_metadata_pairs_as_lists_are_sent(fake: FakeClarifai) -> None:
+    with insecure_channel(fake.target, CREDS) as channel:
+        service_pb2_grpc.V2Stub(channel).ListModels(
+            service_pb2.ListModelsRequest(), timeout=T, metadata=[["x-a", "1"]]
+        )
+    (call,) = fake.calls
+    assert call.header("x-a") == "1"
+    assert call.header("authorization") == f"Key {PAT}"
 
 
 def test_a_secret_passed_as_a_bad_entry_is_not_echoed(fake: FakeClarifai) -> None:

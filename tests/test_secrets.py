@@ -430,3 +430,25 @@ def test_wrapper_over_a_logging_channel_sends_redacting_metadata() -> None:
     (line,) = below.lines
     assert "'authorization', '<redacted>'" in line
     assert_hidden(line, "what a logging interceptor under wrap_channel logged")
+
+
+def test_secret_holders_are_immutable_and_copied_as_themselves() -> None:
+    header = CREDS.metadata[0]
+    assert isinstance(header, CredentialPair)
+    for obj in (CREDS, CREDS.secret, header):
+        assert copy.copy(obj) is obj
+        assert copy.deepcopy(obj) is obj
+    with pytest.raises(AttributeError, match="immutable"):
+        del CREDS.secret._value
+    assert_hidden(f"{header} {header!r}", "a credential header")
+
+
+def test_the_rate_limiter_keys_by_the_revealed_secret() -> None:
+    from clarifai_interceptor._core import Core  # noqa: PLC0415
+    from clarifai_interceptor._limiter import DEFAULT_RATE_LIMIT, bucket_for  # noqa: PLC0415
+
+    core = Core(CREDS, None, DEFAULT_RATE_LIMIT, "fake-target:443")
+    bucket = core.limiter(CREDS)
+    assert bucket is bucket_for(DEFAULT_RATE_LIMIT, PAT, "fake-target:443")
+    assert core.limiter(OTHER_CREDS) is not bucket  # another secret, another bucket
+    assert core.limiter(Credentials.from_pat(PAT, user_id="fake-user")) is bucket
