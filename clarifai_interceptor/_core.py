@@ -102,7 +102,7 @@ class Core:
             return None
         last, bucket = self._limited
         if last is not credentials or bucket is None:
-            bucket = bucket_for(limit, credentials.secret, self.target)
+            bucket = bucket_for(limit, credentials.secret.reveal(), self.target)
             self._limited = (credentials, bucket)
         return bucket
 

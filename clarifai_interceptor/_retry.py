@@ -265,6 +265,8 @@ class RetryPolicy:
         for value in result:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"{name} must hold only {kind.__name__} values, got {value!r}")
+        if kind is int:
+            _known_statuses(name, result)
         object.__setattr__(self, name, result)
         return result
 
@@ -322,6 +324,16 @@ class RetryPolicy:
         if total is not None and (timeout is None or total < timeout):
             timeout = total
         return None if timeout is None else time.monotonic() + timeout
+
+
+def _known_statuses(name: str, statuses: frozenset[int]) -> None:
+    """Refuse a status code the installed ``clarifai_grpc`` does not know (a typo, never sent)."""
+    unknown = sorted(statuses - set(_sc.StatusCode.values()))
+    if unknown:
+        raise ValueError(
+            f"{name} holds codes that are not Clarifai statuses: {unknown}; use the values of "
+            "clarifai_grpc's status_code_pb2, such as status_code_pb2.CONN_THROTTLED"
+        )
 
 
 #: A policy that makes a single attempt.
