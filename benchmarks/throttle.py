@@ -85,7 +85,7 @@ WORKLOADS: dict[str, tuple[str, str, int, int, str]] = {
 VARIANTS = {
     "bare": "bare stub, no retries",
     "tenacity": "tenacity, 5 attempts, 0.1 s doubling",
-    "sdk": f"SDK style, the SDK's fixed {v.SDK_WAIT:g} s wait, {v.SDK_ATTEMPTS} attempts",
+    "sdk": f"SDK style, the SDK's fixed {v.SDK_REAL_WAIT:g} s wait, {v.SDK_ATTEMPTS} attempts",
     "ours-none": "ours, `rate_limit=None` (today)",
     "ours": "ours, default (adaptive)",
     "ours-fixed": "ours, `RateLimit(per_second=R)`",
@@ -170,7 +170,7 @@ def sync_caller(spec: dict[str, Any]) -> tuple[Callable[[Any], Any], grpc.Channe
         return lambda request: call(request, timeout=CALL_TIMEOUT), raw
     stub = service_pb2_grpc.V2Stub(raw)
     if variant == "sdk":
-        proxy = v.SdkStyleStub(stub, v.METADATA + tag, wait=v.SDK_WAIT)
+        proxy = v.SdkStyleStub(stub, v.METADATA + tag, wait=v.SDK_REAL_WAIT)
         return lambda request: proxy.PostModelOutputs(request, timeout=CALL_TIMEOUT), raw
     call = stub.PostModelOutputs
     return lambda request: call(request, metadata=v.METADATA + tag, timeout=CALL_TIMEOUT), raw
@@ -210,7 +210,7 @@ def aio_caller(spec: dict[str, Any]) -> tuple[Callable[[Any], Any], Any]:
         async def sdk(request: Any) -> Any:
             for attempt in range(1, v.SDK_ATTEMPTS + 1):
                 if attempt > 1:
-                    await asyncio.sleep(v.SDK_WAIT)
+                    await asyncio.sleep(v.SDK_REAL_WAIT)
                 try:
                     response = await bare(request)
                 except grpc.RpcError as exc:
