@@ -880,9 +880,12 @@ def plot(result: dict[str, Any], path: Path, workload: str = "fleet") -> bool:
                 lw=1.2,
                 label=f"process {i}: successes/s",
             )
-            throttled = [(k * SLICE, n[1] / SLICE) for k, n in p["server_per_slice"]]
-            if any(y for _, y in throttled):
-                ax.plot(*zip(*throttled, strict=True), color=color, lw=0.6, ls=":", alpha=0.7)
+            dense = [0.0] * len(t)  # the server lists only the slices with attempts in them
+            for k, (_accepted, throttled) in p["server_per_slice"]:
+                if 0 <= k < len(dense):
+                    dense[k] = throttled / SLICE
+            if any(dense):
+                ax.plot(t, dense, color=color, lw=0.6, ls=":", alpha=0.7)
             rates = [(t, r) for t, r in p["limiter_rates"] if r is not None]
             if rates:
                 ax.plot(*zip(*rates, strict=True), color=color, lw=0.8, ls="--")
