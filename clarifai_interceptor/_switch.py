@@ -25,18 +25,22 @@ _OFF = _State(False, None, False)
 class Testing:
     """The switch's current state (read by the engine; change it with `set_testing`).
 
-    One immutable state is swapped in whole, so a reader never sees half of a change.
+    One immutable state is swapped in whole, so a reader never sees half of a change; `active`
+    mirrors it as a plain attribute, the one read the engine makes while testing is off.
+
+    Attributes:
+        active: Whether testing mode is on: every wait (backoff, pushback, limiter) is 0.
     """
 
-    __slots__ = ("_state",)
+    __slots__ = ("_state", "active")
 
     def __init__(self) -> None:
         self._state = _OFF
+        self.active = False
 
-    @property
-    def active(self) -> bool:
-        """Whether testing mode is on: every wait (backoff, pushback, limiter) is 0."""
-        return self._state.active
+    def _set(self, state: _State) -> None:
+        self._state = state
+        self.active = state.active
 
     @property
     def attempts(self) -> int | None:
@@ -90,7 +94,7 @@ class _Restore:
         tb: TracebackType | None,
     ) -> None:
         with _LOCK:
-            TESTING._state = self._before  # noqa: SLF001 (this module owns the switch)
+            TESTING._set(self._before)  # noqa: SLF001 (this module owns the switch)
 
     def __repr__(self) -> str:
         return f"<set_testing: restores {'on' if self._before.active else 'off'}>"
@@ -131,5 +135,5 @@ def set_testing(on: bool, *, attempts: int | None = None, cap: bool = False) -> 
     state = _State(True, attempts, cap) if on else _OFF
     with _LOCK:
         before = TESTING._state  # noqa: SLF001 (this module owns the switch)
-        TESTING._state = state  # noqa: SLF001
+        TESTING._set(state)  # noqa: SLF001
     return _Restore(before)

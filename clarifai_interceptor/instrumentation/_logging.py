@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._data import RetryDetails
 
@@ -28,16 +28,18 @@ class LoggingHook:
 
     level: int = logging.DEBUG
     logger: str = "clarifai_interceptor"
+    _log: logging.Logger = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.level, int) or isinstance(self.level, bool):
             raise ValueError(f"level must be a logging level (an int), got {self.level!r}")
         if not isinstance(self.logger, str):
             raise ValueError(f"logger must be a logger's name, got {type(self.logger).__name__}")
+        object.__setattr__(self, "_log", logging.getLogger(self.logger))
 
     def __call__(self, details: RetryDetails) -> None:
         """Log ``details`` (a hook: not called directly)."""
-        log = logging.getLogger(self.logger)
+        log = self._log
         if not log.isEnabledFor(self.level):
             return
         method = details.method.rsplit("/", 1)[-1]
