@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -590,6 +591,17 @@ def test_otel_gauges_read_the_live_budgets_and_limiter_buckets(
         for k, p in points(metrics(reader)["clarifai.client.retry_budget.tokens"]).items()
     }
     assert values[TARGET] == pytest.approx(3.1)
+
+
+def test_one_key_under_two_limits_shows_the_slower_rate(live_buckets: dict[str, Any]) -> None:
+    fast = RateLimit(per_second=8.0, key="fake-shared-key")
+    slow = RateLimit(per_second=2.0, key="fake-shared-key")
+    for limit in (fast, slow, fast):  # the third is the first's bucket again
+        _limiter.bucket_for(limit, "fake-limiter-pat-one", TARGET)
+    _limiter.bucket_for(dataclasses.replace(slow, per_second=9.0), "fake-pat-four", TARGET)
+    key = _limiter.identity("ignored", TARGET, fast)
+    assert key == _limiter.identity("ignored", TARGET, slow)  # keyed by the name, not the secret
+    assert _figures.limiter_rates()[key] == 2.0
 
 
 def test_a_limiter_bucket_that_fails_to_answer_is_skipped(live_buckets: dict[str, Any]) -> None:
