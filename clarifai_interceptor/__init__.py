@@ -6,7 +6,7 @@ from clarifai_grpc.channel import clarifai_channel as _clarifai_channel
 
 from ._channel import insecure_channel, secure_channel, wrap_channel
 from ._context import use_credentials, use_retry
-from ._credentials import Credentials
+from ._credentials import MAX_SECRET_LENGTH, Credentials, Secret
 from ._grpc_channel import clarifai_channel
 from ._interceptor import ClarifaiInterceptor
 from ._limiter import DEFAULT_RATE_LIMIT, RateLimit, RateLimitedError
@@ -19,7 +19,7 @@ from ._retry import (
     RetryBudget,
     RetryPolicy,
 )
-from .exceptions import CredentialsProviderError, MissingCredentialsError
+from .exceptions import CredentialsProviderError, MissingCredentialsError, NoUserIdWarning
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_RETRYABLE_CODES",
     "DEFAULT_RETRYABLE_STATUSES",
+    "MAX_SECRET_LENGTH",
     "NEVER_RETRIED_CODES",
     "NEVER_RETRIED_STATUSES",
     "NO_RETRY",
@@ -34,10 +35,12 @@ __all__ = [
     "Credentials",
     "CredentialsProviderError",
     "MissingCredentialsError",
+    "NoUserIdWarning",
     "RateLimit",
     "RateLimitedError",
     "RetryBudget",
     "RetryPolicy",
+    "Secret",
     "__version__",
     "clarifai_channel",
     "insecure_channel",

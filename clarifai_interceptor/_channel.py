@@ -7,9 +7,8 @@ Cheaper per call than ``grpc.intercept_channel`` (no interceptor machinery), and
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -30,6 +29,7 @@ from ._retry import (
     run,
     time_left,
 )
+from ._target import check as check_target
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -50,7 +50,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", 1024 * 1024 * 1024),
     ("grpc.enable_retries", 0),
 )
-_TARGET_RE = re.compile(r"[^\s/]+")
 
 
 _NO_EXTRA: dict[str, Any] = {}
@@ -212,6 +211,7 @@ class _UnaryResponse(_Callable):
         credentials = core.credentials_now()
         pairs = credentials.metadata
         policy = core.policy()
+        started = time.monotonic()
         deadline = policy.deadline(timeout)
         filled = fill_wrap(credentials, request)
         mc = self._mc if filled is request else self._filling_mc()
@@ -230,7 +230,7 @@ class _UnaryResponse(_Callable):
             outcome = exc
         bucket = core.bucket(policy)
         if not final_at_once(policy, bucket, outcome):
-            attempts = core.attempts(policy, self._method, deadline, limiter, permit)
+            attempts = core.attempts(policy, self._method, deadline, limiter, permit, started)
 
             def attempt(number: int) -> Any:
                 try:
@@ -399,25 +399,49 @@ def wrap_channel(
 def resolve_target(target: str | None, environ: Mapping[str, str] | None = None) -> str:
     """``target``, else ``CLARIFAI_GRPC_BASE``, else `DEFAULT_TARGET`; port 443 if none given.
 
+    ``HOST``, ``HOST:PORT``, ``[IPV6]:PORT``, or a gRPC name as gRPC's naming doc gives them:
+    ``dns:[//AUTHORITY/]HOST[:PORT]``, ``unix:PATH``, ``unix:///ABSOLUTE_PATH``,
+    ``unix-abstract:NAME``, ``ipv4:ADDRESS[:PORT][,...]``, ``ipv6:[ADDRESS]:PORT[,...]``.
+
     Raises:
-        ValueError: The target is empty, has a scheme (``https://``) or whitespace.
+        ValueError: The target is empty, has an ``https://`` scheme, a path, whitespace, or a
+            port that is not a number from 1 to 65535; the message says which.
     """
     env = os.environ if environ is None else environ
     if target is None:
-        target = env.get("CLARIFAI_GRPC_BASE") or DEFAULT_TARGET
-    if not isinstance(target, str) or not _TARGET_RE.fullmatch(target):
-        raise ValueError(
-            f"target must be HOST or HOST:PORT (no scheme, path or whitespace), got {target!r}"
-        )
-    if ":" not in target.rsplit("]", 1)[-1]:
-        target += ":443"
-    return target
+        from_env = env.get("CLARIFAI_GRPC_BASE")
+        if from_env:
+            return check_target(from_env, " from CLARIFAI_GRPC_BASE")
+        target = DEFAULT_TARGET
+    return check_target(target)
 
 
 def channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """`CHANNEL_OPTIONS` with the caller's ``options`` taking precedence."""
+    """`CHANNEL_OPTIONS` with the caller's ``options`` taking precedence.
+
+    ``options`` is a sequence of ``(name, value)`` pairs (a mapping also does); None means
+    none, as in gRPC.
+
+    Raises:
+        TypeError: ``options`` is a str, or not a sequence at all.
+        ValueError: An entry is not a ``(name, value)`` pair with a str name.
+    """
+    if options is None:
+        options = ()
+    elif isinstance(options, Mapping):
+        options = list(options.items())
+    elif isinstance(options, str | bytes) or not isinstance(options, Iterable):
+        raise TypeError(
+            "options must be a sequence of (name, value) pairs, such as "
+            f"[('grpc.enable_retries', 0)], not a {type(options).__name__}"
+        )
     merged = dict(CHANNEL_OPTIONS)
-    merged.update(dict(options))
+    for number, entry in enumerate(options):
+        if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ValueError(
+                f"options entry {number} is not a (name, value) pair with a str name: {entry!r:.80}"
+            )
+        merged[entry[0]] = entry[1]
     return list(merged.items())
 
 

@@ -73,12 +73,12 @@ class Core:
         deadline: float | None,
         limiter: Bucket | None = None,
         permit: Permit | None = None,
+        started: float | None = None,
     ) -> Attempts:
         """A call's `Attempts`, sharing this channel's token bucket for the policy's budget and
         the rate limiter's bucket for the call's credentials."""
-        return Attempts(
-            policy, method, deadline, self.bucket(policy), limiter, permit, self.limit_wait
-        )
+        bucket = self.bucket(policy)
+        return Attempts(policy, method, deadline, bucket, limiter, permit, self.limit_wait, started)
 
     def bucket(self, policy: RetryPolicy) -> TokenBucket | None:
         """This channel's token bucket for the policy's budget (None: no budget)."""
@@ -102,7 +102,7 @@ class Core:
             return None
         last, bucket = self._limited
         if last is not credentials or bucket is None:
-            bucket = bucket_for(limit, credentials.secret, self.target)
+            bucket = bucket_for(limit, credentials.secret.reveal(), self.target)
             self._limited = (credentials, bucket)
         return bucket
 

@@ -27,6 +27,7 @@ from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._metadata import for_attempt
 from ._request import fill_copy, request_stream
 from ._retry import NO_RETRY, RetryPolicy, time_left
+from ._secret import SafeMetadata
 
 __all__ = [
     "StreamStreamInterceptor",
@@ -89,7 +90,7 @@ class _Interceptor:
                 policy = NO_RETRY  # an iterator cannot be replayed
 
         def start(number: int, timeout: float | None) -> Any:
-            sent = grpc.aio.Metadata(*for_attempt(pairs, number))
+            sent = SafeMetadata(*for_attempt(pairs, number))  # its repr redacts credentials
             return continuation(
                 grpc.aio.ClientCallDetails(
                     details.method, timeout, sent, details.credentials, details.wait_for_ready

@@ -192,7 +192,7 @@ class SecretsGuard:
             def wrapper(obj: Any, *args: Any, **kwargs: Any) -> Any:
                 result = original(obj, *args, **kwargs)
                 if isinstance(obj, Credentials):
-                    guard.add_secret(obj.secret)
+                    guard.add_secret(obj.secret.reveal())
                 guard.observe_object(what, obj)
                 return result
 
@@ -346,7 +346,7 @@ class SecretsGuard:
 
         for obj in gc.get_objects():
             if type(obj) is Credentials:
-                self.add_secret(obj.secret)
+                self.add_secret(obj.secret.reveal())
 
     def uninstall(self) -> None:
         """Undo `install`, last patch first."""
