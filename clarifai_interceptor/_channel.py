@@ -24,11 +24,13 @@ from ._retry import (
     RetryPolicy,
     final_at_once,
     follow,
+    for_testing,
     method_name,
     permit_bound,
     run,
     time_left,
 )
+from ._switch import TESTING
 from ._target import check as check_target
 
 __all__ = [
@@ -106,6 +108,8 @@ class _Callable:
     ) -> tuple[Any, Pairs, Callable[[], Any], RetryPolicy, Bucket | None]:
         pairs, credentials, limiter = self._core.resolve(metadata)
         policy = RETRY.get() or self._policy
+        if TESTING.active:
+            policy = for_testing(policy)
         if not streaming:
             filled = fill_wrap(credentials, request)
             mc = self._mc if filled is request else self._filling_mc()
@@ -212,6 +216,8 @@ class _UnaryResponse(_Callable):
         credentials = core.credentials_now()
         pairs = credentials.metadata
         policy = RETRY.get() or self._policy
+        if TESTING.active:
+            policy = for_testing(policy)
         started = time.monotonic()
         deadline = policy.deadline(timeout)
         filled = fill_wrap(credentials, request)
@@ -223,7 +229,7 @@ class _UnaryResponse(_Callable):
             permit = limiter.acquire(0.0, bound)
             if permit is None:
                 raise RateLimitedError(bound)
-            if permit.wait:
+            if permit.wait and not TESTING.active:
                 time.sleep(permit.wait)
         try:
             outcome = mc(filled, timeout=time_left(deadline), metadata=pairs)

@@ -12,7 +12,8 @@ from ._limiter import DEFAULT_RATE_LIMIT, Bucket, Permit, RateLimit, bucket_for
 from ._metadata import Pairs, merge
 from ._methods import Policies, default_rules
 from ._methods import check as check_policies
-from ._retry import NO_RETRY, Attempts, RetryBudget, RetryPolicy, TokenBucket
+from ._retry import NO_RETRY, Attempts, RetryBudget, RetryPolicy, TokenBucket, for_testing
+from ._switch import TESTING
 from .exceptions import CredentialsProviderError
 
 __all__ = ["DEFAULT_RETRY", "Core"]
@@ -75,7 +76,8 @@ class Core:
     def policy(self, method: str | bytes) -> RetryPolicy:
         """The retry policy for a call of ``method`` made now: a `use_retry` override, else the
         most specific of this channel's per-method policies."""
-        return RETRY.get() or self.method_policy(method)
+        policy = RETRY.get() or self.method_policy(method)
+        return for_testing(policy) if TESTING.active else policy
 
     def method_policy(self, method: str | bytes) -> RetryPolicy:
         """This channel's policy for ``method``, overrides aside."""
@@ -93,7 +95,9 @@ class Core:
         """A call's `Attempts`, sharing this channel's token bucket for the policy's budget and
         the rate limiter's bucket for the call's credentials."""
         bucket = self.bucket(policy)
-        return Attempts(policy, method, deadline, bucket, limiter, permit, self.limit_wait, started)
+        return Attempts(
+            policy, method, deadline, bucket, limiter, permit, self.limit_wait, started, self.target
+        )
 
     def bucket(self, policy: RetryPolicy) -> TokenBucket | None:
         """This channel's token bucket for the policy's budget (None: no budget)."""

@@ -121,6 +121,7 @@ class _Interceptor:
                 if wait is None:
                     break
                 await asyncio.sleep(wait)
+                attempts.resume()
                 call = await start(attempts.number, time_left(deadline))
         except BaseException:
             call.cancel()  # cancelled mid-attempt or mid-wait: no attempt follows
@@ -153,6 +154,7 @@ class _Interceptor:
                     break
                 call.cancel()  # an error or a retryable first message: that attempt is over
                 await asyncio.sleep(wait)
+                attempts.resume()
                 call = await start(attempts.number, time_left(call_deadline))
         except BaseException:
             call.cancel()

@@ -271,4 +271,4 @@ def test_total_timeout_is_sent_as_the_deadline_when_asked_for(
     for _name, stub in sync_stubs(target, retry=RetryPolicy(total_timeout=7)):
         stub.ListModels(service_pb2.ListModelsRequest())
     assert len(servicer.seen) == 2
-    assert all(seen is not None and 5 < seen <= 7 for seen in servicer.seen)
+    assert all(seen is not None and 0 < seen <= 7 for seen in servicer.seen)
