@@ -153,21 +153,25 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Close the async client the store made for the running event loop, if any."""
-        found = self._async.pop(asyncio.get_running_loop(), None)
+        with self._lock:
+            found = self._async.pop(asyncio.get_running_loop(), None)
         if found is not None and self._async_client is None:
             await found.registered_client.aclose()
 
     def _async_script(self) -> Any:
         """The script on this event loop's async client (made from ``url`` on first use)."""
         loop = asyncio.get_running_loop()
-        script = self._async.get(loop)
-        if script is None:
-            client = self._async_client
-            if client is None:
-                if self._url is None:
-                    raise RuntimeError("this RedisStore has no async client: pass async_client=")
-                client = redis.asyncio.Redis.from_url(self._url, **self._options())
-            script = self._async[loop] = client.register_script(_SCRIPT)
+        with self._lock:  # loops in several threads may share the store
+            script = self._async.get(loop)
+            if script is None:
+                client = self._async_client
+                if client is None:
+                    if self._url is None:
+                        raise RuntimeError(
+                            "this RedisStore has no async client: pass url= or async_client="
+                        )
+                    client = redis.asyncio.Redis.from_url(self._url, **self._options())
+                script = self._async[loop] = client.register_script(_SCRIPT)
         return script
 
     @property

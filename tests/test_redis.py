@@ -459,6 +459,55 @@ async def test_a_hung_redis_never_blocks_the_event_loop(own_server: RedisServer)
     store.close()
 
 
+@pytest.mark.asyncio
+async def test_async_calls_fall_back_when_redis_dies(own_server: RedisServer) -> None:
+    store = RedisStore(own_server.url, retry_after=60)
+    bucket = store.bucket("a" * 32, RateLimit())
+    own_server.kill()
+    permit = await bucket.acquire_async(0.0, None)  # fails, falls back
+    assert permit == Permit(0.0, 0)
+    await bucket.feedback_async(permit, throttled=True)  # down: straight to the local bucket
+    assert bucket.local.rate() is not None
+    assert store.fallbacks == 2
+    assert "down" in repr(store)
+    await store.aclose()
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_call_cancelled_mid_redis_leaves_the_store_usable(
+    own_server: RedisServer,
+) -> None:
+    store = RedisStore(own_server.url, timeout=2)
+    bucket = store.bucket("a" * 32, RateLimit(per_second=100))
+    assert own_server.process is not None
+    os.kill(own_server.process.pid, signal.SIGSTOP)
+    task = asyncio.create_task(bucket.acquire_async(0.0, None))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    os.kill(own_server.process.pid, signal.SIGCONT)
+    assert await bucket.acquire_async(0.0, None) is not None
+    assert store.fallbacks == 0
+    await store.aclose()
+    store.close()
+
+
+def test_stores_without_the_other_client(server: RedisServer) -> None:
+    with server.client() as client:
+        store = RedisStore(client=client)
+        bucket = store.bucket("a" * 32, RateLimit(per_second=5))
+        permit = bucket.acquire(0.0, None)
+        assert permit is not None
+        bucket.feedback(permit, throttled=True)  # a fixed rate takes no feedback
+        assert client.hget(bucket.key, "round") is None
+        with pytest.raises(RuntimeError, match="async client"):
+            asyncio.run(bucket.acquire_async(0.0, None))
+        store.close()  # not ours to close
+        assert client.ping()
+
+
 # --- Construction ----------------------------------------------------------------------------
 
 
