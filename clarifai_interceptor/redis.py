@@ -30,10 +30,15 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import redis
-import redis.asyncio
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+try:
+    import redis
+    import redis.asyncio
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError:  # pragma: no cover (CI installs the extra)
+    raise ImportError(
+        "clarifai_interceptor.redis needs redis-py: pip install 'clarifai-interceptor[redis]'"
+    ) from None
 
 from ._limiter import Bucket, LocalBucket, Permit, RateLimit
 
