@@ -33,6 +33,7 @@ from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
 from clarifai_interceptor import (
     ClarifaiInterceptor,
     Credentials,
+    RateLimit,
     RetryPolicy,
     use_credentials,
     wrap_channel,
@@ -73,7 +74,11 @@ CREDENTIALS = (
 )
 OVERRIDE = Credentials.from_pat("fake-soak-pat-override", user_id="other-user", app_id="app")
 #: The default policy with zero waits: the soak measures the client, not its sleeps.
-POLICY = RetryPolicy(initial_backoff=0, jitter=0)
+POLICY = RetryPolicy(initial_backoff=0, throttle_backoff=0, jitter=0)
+#: A fixed limit far above what the soak sends: every attempt takes a permit, none waits. (The
+#: adaptive default would, rightly, slow to a crawl: the fake throttles every 0.2 s whatever
+#: the rate.)
+LIMIT = RateLimit(per_second=1e6, burst=1000)
 
 
 def rss_kb() -> int:
@@ -156,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         raw = grpc.insecure_channel(target)
         channel: Any
         if args.path == "wrapper":
-            channel = wrap_channel(raw, Rotation(), retry=POLICY)
+            channel = wrap_channel(raw, Rotation(), retry=POLICY, rate_limit=LIMIT)
         else:
-            channel = grpc.intercept_channel(raw, ClarifaiInterceptor(Rotation(), retry=POLICY))
+            channel = grpc.intercept_channel(
+                raw, ClarifaiInterceptor(Rotation(), retry=POLICY, rate_limit=LIMIT)
+            )
         one = call_mix(service_pb2_grpc.V2Stub(channel))
 
         errors = run(one, 0, args.warmup)

@@ -7,6 +7,7 @@ from clarifai_grpc.channel import clarifai_channel as _clarifai_channel
 from ._channel import insecure_channel, secure_channel, wrap_channel
 from ._context import use_credentials, use_retry
 from ._credentials import Credentials
+from ._grpc_channel import clarifai_channel
 from ._interceptor import ClarifaiInterceptor
 from ._limiter import DEFAULT_RATE_LIMIT, RateLimit, RateLimitedError
 from ._retry import (
@@ -38,6 +39,7 @@ __all__ = [
     "RetryBudget",
     "RetryPolicy",
     "__version__",
+    "clarifai_channel",
     "insecure_channel",
     "secure_channel",
     "use_credentials",

@@ -11,11 +11,13 @@ import contextlib
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 
+from ._limiter import RateLimitedError
 from ._retry import Attempts, time_left
 
 __all__ = [
@@ -55,7 +57,9 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
     """
 
     def __init__(self, attempts: Attempts, start: Start, first: Any, wait: float | None) -> None:
-        """Go on from ``first``: wait ``wait`` seconds and retry, or (None) await its outcome."""
+        """Go on from ``first``: wait ``wait`` seconds and retry, or (None) await its outcome.
+
+        With ``first`` None, attempt 1 itself starts after ``wait`` (the rate limiter's)."""
         self._attempts = attempts
         self._start = start
         self._context = contextvars.copy_context()
@@ -87,7 +91,7 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
                 self._timer.daemon = True
                 self._timer.start()
                 return
-        self._finish(call)
+        self._finish(CancelledCall() if call is None else call)
 
     def _next(self) -> None:
         with self._cond:
@@ -96,9 +100,11 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             previous = self._call
             try:
                 self._call = call = self._start(self._attempts.number)
-            except Exception:  # e.g. the channel was closed during the wait
+            except Exception as exc:  # e.g. the channel was closed during the wait
                 log.debug("a retry could not start; the last outcome stands", exc_info=True)
                 call = None
+                if previous is None:  # nothing was sent: the caller gets the error
+                    previous = Raised(exc)
         if call is None:
             self._finish(previous)
         else:
@@ -129,6 +135,8 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             timer, call = self._timer, self._call
         if timer is not None:
             timer.cancel()
+        if call is None:  # still waiting for the first attempt's permit
+            call = CancelledCall()
         call.cancel()
         self._finish(call)  # cancelled at once, as gRPC's own futures are
         return True
@@ -175,7 +183,8 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         return time_left(self._attempts.deadline)
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
-        return bool(self._call.add_callback(callback))
+        call = self._call
+        return call is not None and bool(call.add_callback(callback))
 
     def code(self) -> grpc.StatusCode:
         final = self._wait(None)
@@ -239,10 +248,14 @@ class Raised(grpc.Future, grpc.Call):  # type: ignore[misc]
         return False
 
     def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.UNKNOWN
+        error = self._error
+        return error.code() if isinstance(error, grpc.RpcError) else grpc.StatusCode.UNKNOWN
 
     def details(self) -> str:
-        return f"not sent: {type(self._error).__name__}"
+        error = self._error
+        if isinstance(error, grpc.RpcError):
+            return str(error.details())
+        return f"not sent: {type(error).__name__}"
 
     def initial_metadata(self) -> tuple[()]:
         return ()
@@ -401,9 +414,21 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
 
 
 def unary_response(attempts: Attempts, start: Start) -> Any:
-    """Start a unary-response call: its first attempt's call if final, else a `RetryFuture`."""
+    """Start a unary-response call: its first attempt's call if final, else a `RetryFuture`.
+
+    The caller is never blocked: a first attempt the rate limiter paces starts on a timer, and
+    one it refuses comes back as a done future holding `RateLimitedError`.
+    """
+    try:
+        pace = attempts.first()
+    except RateLimitedError as exc:
+        return Raised(exc)
+    if pace:
+        return RetryFuture(attempts, start, None, pace)
     first = start(1)
     if attempts.policy.max_attempts == 1:
+        if attempts.limiter is not None:  # a throttle still teaches the limiter
+            first.add_done_callback(lambda call: call.cancelled() or attempts.after(settled(call)))
         return first
     if not first.done():  # future(): judged when it ends, without blocking the caller
         return RetryFuture(attempts, start, first, None)
@@ -412,7 +437,14 @@ def unary_response(attempts: Attempts, start: Start) -> Any:
 
 
 def response_stream(attempts: Attempts, start: Start) -> Any:
-    """Start a response-streaming call, wrapped in a `RetryingStream` if it may be retried."""
+    """Start a response-streaming call, wrapped in a `RetryingStream` if it may be retried.
+
+    Raises:
+        RateLimitedError: The rate limiter refused the first attempt.
+    """
+    pace = attempts.first()
+    if pace:  # sync callers wait in their own thread
+        time.sleep(pace)
     first = start(1)
     if attempts.policy.max_attempts == 1:
         return first

@@ -17,16 +17,16 @@ import grpc
 from ._calls import response_stream, unary_response
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
-from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
+from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, RateLimitedError
 from ._metadata import Pairs, for_attempt
 from ._request import fill_wrap, filling_serializer, request_stream
 from ._retry import (
     NO_RETRY,
-    Attempts,
     RetryPolicy,
     final_at_once,
     follow,
     method_name,
+    permit_bound,
     run,
     time_left,
 )
@@ -103,18 +103,18 @@ class _Callable:
 
     def _begin(
         self, request: Any, streaming: bool, metadata: Any
-    ) -> tuple[Any, Pairs, Callable[[], Any], RetryPolicy]:
-        pairs, credentials = self._core.resolve(metadata)
+    ) -> tuple[Any, Pairs, Callable[[], Any], RetryPolicy, Bucket | None]:
+        pairs, credentials, limiter = self._core.resolve(metadata)
         policy = self._core.policy()
         if not streaming:
             filled = fill_wrap(credentials, request)
             mc = self._mc if filled is request else self._filling_mc()
-            return mc, pairs, lambda: filled, policy
+            return mc, pairs, lambda: filled, policy, limiter
         if not isinstance(request, list | tuple):
             policy = NO_RETRY  # an iterator cannot be replayed
         # Any message of a stream may need filling: the filling serializer takes both kinds.
         mc = self._mc if credentials is None else self._filling_mc()
-        return mc, pairs, request_stream(credentials, request, fill_wrap), policy
+        return mc, pairs, request_stream(credentials, request, fill_wrap), policy, limiter
 
     def _unary(
         self,
@@ -125,9 +125,9 @@ class _Callable:
         metadata: Any,
         kwargs: Any,
     ) -> Any:
-        mc, pairs, requests, policy = self._begin(request, streaming, metadata)
+        mc, pairs, requests, policy, limiter = self._begin(request, streaming, metadata)
         deadline = policy.deadline(timeout)
-        attempts = self._core.attempts(policy, self._method, deadline)
+        attempts = self._core.attempts(policy, self._method, deadline, limiter)
         call = getattr(mc, how)
 
         def start(number: int) -> Any:
@@ -160,11 +160,12 @@ class _Callable:
     def _stream(
         self, request: Any, streaming: bool, timeout: float | None, metadata: Any, kwargs: Any
     ) -> Any:
-        mc, pairs, requests, policy = self._begin(request, streaming, metadata)
+        mc, pairs, requests, policy, limiter = self._begin(request, streaming, metadata)
         # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
         # the caller's own timeout bounds the stream.
         call_deadline = None if timeout is None else time.monotonic() + timeout
-        attempts = self._core.attempts(policy, self._method, policy.deadline(timeout))
+        deadline = policy.deadline(timeout)
+        attempts = self._core.attempts(policy, self._method, deadline, limiter)
 
         def start(number: int) -> Any:
             return mc(
@@ -214,13 +215,22 @@ class _UnaryResponse(_Callable):
         deadline = policy.deadline(timeout)
         filled = fill_wrap(credentials, request)
         mc = self._mc if filled is request else self._filling_mc()
+        limiter = core.limiter(credentials)
+        permit = None
+        if limiter is not None:  # dormant until the first throttle: then it paces
+            bound = permit_bound(deadline, core.limit_wait)
+            permit = limiter.acquire(0.0, bound)
+            if permit is None:
+                raise RateLimitedError(bound)
+            if permit.wait:
+                time.sleep(permit.wait)
         try:
             outcome = mc(filled, timeout=time_left(deadline), metadata=pairs)
         except grpc.RpcError as exc:
             outcome = exc
         bucket = core.bucket(policy)
         if not final_at_once(policy, bucket, outcome):
-            attempts = Attempts(policy, self._method, deadline, bucket)
+            attempts = core.attempts(policy, self._method, deadline, limiter, permit)
 
             def attempt(number: int) -> Any:
                 try:

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ._context import CREDENTIALS, RETRY, CredentialsSource, check_source
-from ._credentials import Credentials
-from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, bucket_for
+from ._credentials import CREDENTIAL_KEYS, Credentials
+from ._limiter import DEFAULT_RATE_LIMIT, Bucket, Permit, RateLimit, bucket_for
 from ._metadata import Pairs, merge
 from ._retry import NO_RETRY, Attempts, RetryBudget, RetryPolicy, TokenBucket
 from .exceptions import CredentialsProviderError
@@ -28,6 +28,7 @@ class Core:
         "_limited",
         "_lock",
         "credentials",
+        "limit_wait",
         "rate_limit",
         "retry",
         "target",
@@ -53,6 +54,7 @@ class Core:
                 f"rate_limit must be a RateLimit or None, not {type(rate_limit).__name__}"
             )
         self.rate_limit = rate_limit
+        self.limit_wait = None if rate_limit is None else rate_limit.max_wait
         self.target = target
         # The last credentials asked for a bucket, and that bucket: the usual case, unhashed.
         self._limited: tuple[Credentials | None, Bucket | None] = (None, None)
@@ -65,10 +67,18 @@ class Core:
         return RETRY.get() or self.retry
 
     def attempts(
-        self, policy: RetryPolicy, method: str | bytes, deadline: float | None
+        self,
+        policy: RetryPolicy,
+        method: str | bytes,
+        deadline: float | None,
+        limiter: Bucket | None = None,
+        permit: Permit | None = None,
     ) -> Attempts:
-        """A call's `Attempts`, sharing this channel's token bucket for the policy's budget."""
-        return Attempts(policy, method, deadline, self.bucket(policy))
+        """A call's `Attempts`, sharing this channel's token bucket for the policy's budget and
+        the rate limiter's bucket for the call's credentials."""
+        return Attempts(
+            policy, method, deadline, self.bucket(policy), limiter, permit, self.limit_wait
+        )
 
     def bucket(self, policy: RetryPolicy) -> TokenBucket | None:
         """This channel's token bucket for the policy's budget (None: no budget)."""
@@ -91,10 +101,21 @@ class Core:
         if limit is None:
             return None
         last, bucket = self._limited
-        if last is not credentials:
+        if last is not credentials or bucket is None:
             bucket = bucket_for(limit, credentials.secret, self.target)
             self._limited = (credentials, bucket)
         return bucket
+
+    def _limiter_for(self, pairs: Pairs) -> Bucket | None:
+        """The bucket for a call whose caller passed its own credential header."""
+        limit = self.rate_limit
+        if limit is None:
+            return None
+        for key, value in pairs:
+            if key in CREDENTIAL_KEYS:
+                secret = value.removeprefix("Key ") if isinstance(value, str) else repr(value)
+                return bucket_for(limit, secret, self.target)
+        return None  # pragma: no cover (merge adds ours when the caller sent none)
 
     def credentials_now(self) -> Credentials:
         """The credentials for a call made now: an override, else the default (asked if a
@@ -108,8 +129,9 @@ class Core:
 
     def resolve(
         self, metadata: Iterable[tuple[str, Any]] | None
-    ) -> tuple[Pairs, Credentials | None]:
-        """The metadata to send, and the credentials whose ``user_app_id`` may be filled in.
+    ) -> tuple[Pairs, Credentials | None, Bucket | None]:
+        """The metadata to send, the credentials whose ``user_app_id`` may be filled in, and
+        the rate limiter's bucket for the secret the call carries.
 
         Raises:
             CredentialsProviderError: A credentials provider raised or returned something else.
@@ -117,7 +139,9 @@ class Core:
         """
         credentials = self.credentials_now()
         pairs, added = merge(metadata, credentials)
-        return pairs, (credentials if added else None)
+        if added:
+            return pairs, credentials, self.limiter(credentials)
+        return pairs, None, self._limiter_for(pairs)
 
 
 def _provide(source: CredentialsSource) -> Credentials:

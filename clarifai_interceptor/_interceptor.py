@@ -12,7 +12,7 @@ from ._calls import Raised, response_stream, unary_response
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._credentials import Credentials
-from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
+from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._metadata import for_attempt
 from ._request import fill_copy, request_stream
 from ._retry import NO_RETRY, RetryPolicy, time_left
@@ -78,8 +78,8 @@ class ClarifaiInterceptor(
     def __repr__(self) -> str:
         return f"ClarifaiInterceptor(retry={self._core.retry!r})"
 
-    def _prepare(self, details: Any) -> tuple[_Details, Credentials | None]:
-        metadata, credentials = self._core.resolve(details.metadata)
+    def _prepare(self, details: Any) -> tuple[_Details, Credentials | None, Bucket | None]:
+        metadata, credentials, limiter = self._core.resolve(details.metadata)
 
         def for_call(number: int, timeout: float | None) -> _CallDetails:
             return _CallDetails(
@@ -91,7 +91,7 @@ class ClarifaiInterceptor(
                 details.compression,
             )
 
-        return for_call, credentials
+        return for_call, credentials, limiter
 
     # The four hooks below are gRPC's interface, not part of this package's API.
 
@@ -100,52 +100,57 @@ class ClarifaiInterceptor(
     ) -> Any:
         """Not part of the API: gRPC's hook for unary-unary calls."""
         try:
-            details, credentials = self._prepare(client_call_details)
+            details, credentials, limiter = self._prepare(client_call_details)
         except Exception as exc:  # noqa: BLE001 (handed to the caller, unchanged)
             return Raised(exc)
         request = fill_copy(credentials, request)
-        return self._unary(continuation, client_call_details, details, lambda: request)
+        return self._unary(continuation, client_call_details, details, limiter, lambda: request)
 
     def intercept_unary_stream(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for unary-stream calls."""
-        details, credentials = self._prepare(client_call_details)
+        details, credentials, limiter = self._prepare(client_call_details)
         request = fill_copy(credentials, request)
-        return self._stream(continuation, client_call_details, details, lambda: request)
+        return self._stream(continuation, client_call_details, details, limiter, lambda: request)
 
     def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for stream-unary calls."""
         try:
-            details, credentials = self._prepare(client_call_details)
+            details, credentials, limiter = self._prepare(client_call_details)
         except Exception as exc:  # noqa: BLE001 (handed to the caller, unchanged)
             return Raised(exc)
         requests = request_stream(credentials, request_iterator)
         replayable = isinstance(request_iterator, list | tuple)
-        return self._unary(continuation, client_call_details, details, requests, replayable)
+        return self._unary(
+            continuation, client_call_details, details, limiter, requests, replayable
+        )
 
     def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for stream-stream calls."""
-        details, credentials = self._prepare(client_call_details)
+        details, credentials, limiter = self._prepare(client_call_details)
         requests = request_stream(credentials, request_iterator)
         replayable = isinstance(request_iterator, list | tuple)
-        return self._stream(continuation, client_call_details, details, requests, replayable)
+        return self._stream(
+            continuation, client_call_details, details, limiter, requests, replayable
+        )
 
     def _unary(
         self,
         continuation: Any,
         call_details: Any,
         details: _Details,
+        limiter: Bucket | None,
         request: Callable[[], Any],
         replayable: bool = True,
     ) -> Any:
         policy = self._core.policy() if replayable else NO_RETRY
         deadline = policy.deadline(call_details.timeout)
-        attempts = self._core.attempts(policy, call_details.method, deadline)
+        attempts = self._core.attempts(policy, call_details.method, deadline, limiter)
 
         def start(number: int) -> Any:
             return continuation(details(number, time_left(deadline)), request())
@@ -157,6 +162,7 @@ class ClarifaiInterceptor(
         continuation: Any,
         call_details: Any,
         details: _Details,
+        limiter: Bucket | None,
         request: Callable[[], Any],
         replayable: bool = True,
     ) -> Any:
@@ -166,7 +172,7 @@ class ClarifaiInterceptor(
         timeout = call_details.timeout
         call_deadline = None if timeout is None else time.monotonic() + timeout
         deadline = policy.deadline(timeout)
-        attempts = self._core.attempts(policy, call_details.method, deadline)
+        attempts = self._core.attempts(policy, call_details.method, deadline, limiter)
 
         def start(number: int) -> Any:
             return continuation(details(number, time_left(call_deadline)), request())

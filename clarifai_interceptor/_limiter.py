@@ -47,6 +47,7 @@ GROWTH = 0.3
 _K: float = ((1 - BETA) / GROWTH) ** (1 / 3)
 _WINDOW = 0.5  # seconds per bucket of the send-rate estimate
 _SMOOTH = 0.8  # weight of the old estimate (botocore's)
+_STALL = 0.25  # seconds without a send that count as a stall, not as a slow rate
 
 
 def _positive(
@@ -76,6 +77,10 @@ class RateLimit:
             `RateLimitedError`. 0 never waits (fail fast); None waits as long as the deadline
             allows.
         min_rate: The adaptive rate never falls below this many attempts per second.
+        initial_rate: At the first throttle the adaptive rate starts from the rate this process
+            was sending at, or from this if that was lower (default: Clarifai's documented
+            15 requests/s): a throttle after a handful of calls says others share the limit,
+            not that the limit is a handful of calls.
         key: Share one limit under this name instead of per secret: every credential with the
             same ``key`` (and target) paces together. None keys by the secret (hashed).
         store: Where the state lives: None for this process; a `Store` (e.g.
@@ -89,6 +94,7 @@ class RateLimit:
     burst: float = 1.0
     max_wait: float | None = 30.0
     min_rate: float = 0.5
+    initial_rate: float = 15.0
     key: str | None = None
     store: Store | None = None
 
@@ -99,6 +105,7 @@ class RateLimit:
             raise ValueError(f"burst must be >= 1, got {self.burst!r}")
         _positive("max_wait", self.max_wait, allow_none=True, allow_zero=True)
         _positive("min_rate", self.min_rate)
+        _positive("initial_rate", self.initial_rate)
         if self.key is not None and (not isinstance(self.key, str) or not self.key):
             raise ValueError("key must be a non-empty string or None")
         if self.store is not None and not isinstance(self.store, Store):
@@ -207,6 +214,7 @@ class LocalBucket:
     __slots__ = (
         "_count",
         "_cut_at",
+        "_last",
         "_lock",
         "_measured",
         "_now",
@@ -229,7 +237,7 @@ class LocalBucket:
         self._cut_at = 0.0
         self._round = 0
         self._tat = clock()  # GCRA's theoretical arrival time of the next permit
-        self._since = self._tat  # start of the send-rate window
+        self._since = self._last = self._tat  # start of the send-rate window, last send
         self._count = 0  # sends counted in the window
         self._measured = 0.0  # smoothed send rate; 0 until first measured
 
@@ -249,15 +257,25 @@ class LocalBucket:
         return max(self.limit.min_rate, rate)
 
     def _count_send(self, now: float) -> None:
-        """Count one send in the send-rate estimate (lock held or dormant)."""
+        """Count one send in the send-rate estimate (lock held).
+
+        A gap longer than `_STALL` (a client stall: a GC pause, a slow request) closes the
+        window at the send before it: the stall itself says nothing about the rate.
+        """
+        if now - self._last > _STALL:
+            self._sample(self._count, self._last - self._since)
+            self._since, self._count = now, 0
+        self._last = now
         self._count += 1
         elapsed = now - self._since
         if elapsed >= _WINDOW:
-            if elapsed <= 4 * _WINDOW:  # a stall says nothing about the rate: skip it
-                sample = self._count / elapsed
-                old = self._measured
-                self._measured = sample if old == 0 else _SMOOTH * old + (1 - _SMOOTH) * sample
+            self._sample(self._count, elapsed)
             self._since, self._count = now, 0
+
+    def _sample(self, count: int, elapsed: float) -> None:
+        if count and elapsed >= _WINDOW / 5:
+            sample, old = count / elapsed, self._measured
+            self._measured = sample if old == 0 else _SMOOTH * old + (1 - _SMOOTH) * sample
 
     def acquire(self, not_before: float, max_wait: float | None) -> Permit | None:
         if not self.active:
@@ -288,9 +306,9 @@ class LocalBucket:
                 rate = self._current(now)
             else:  # the first throttle: start from the rate we were sending at
                 elapsed = max(now - self._since, _WINDOW)
-                rate = max(self.limit.min_rate, self._count / elapsed)
+                rate = max(self.limit.initial_rate, self._count / elapsed)
                 self._measured = rate
-                self._since, self._count = now, 0
+                self._since, self._count, self._last = now, 0, now
                 self._tat = now
                 self.active = True
             self._w_max = rate

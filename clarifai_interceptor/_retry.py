@@ -21,10 +21,14 @@ import grpc
 import tenacity as _t
 from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 
+from ._limiter import Bucket, Permit, RateLimitedError
+
 __all__ = [
     "ATTEMPT_HEADER",
     "DEFAULT_RETRYABLE_CODES",
     "DEFAULT_RETRYABLE_STATUSES",
+    "DEFAULT_THROTTLE_STATUSES",
+    "MAX_PUSHBACK",
     "NEVER_RETRIED_CODES",
     "NEVER_RETRIED_STATUSES",
     "NO_RETRY",
@@ -37,6 +41,7 @@ __all__ = [
     "final_at_once",
     "follow",
     "method_name",
+    "permit_bound",
     "pushback",
     "run",
     "time_left",
@@ -58,6 +63,8 @@ DEFAULT_RETRYABLE_STATUSES: frozenset[int] = frozenset(
         _sc.RPC_REQUEST_QUEUE_FULL,
     }
 )
+#: Clarifai in-body statuses that are throttles by default: the server refused for rate.
+DEFAULT_THROTTLE_STATUSES: frozenset[int] = frozenset({_sc.CONN_THROTTLED})
 #: gRPC codes no policy may retry: scope and auth errors pass straight through, and a
 #: cancelled call was cancelled on purpose.
 NEVER_RETRIED_CODES: frozenset[grpc.StatusCode] = frozenset(
@@ -87,24 +94,32 @@ def _number(name: str, value: object, *, low: float, allow_low: bool = True) -> 
 class RetryBudget:
     """A retry budget (gRFC A6 "retryThrottling"): a token bucket per channel or interceptor.
 
-    Each attempt that fails with a retryable outcome takes a token; each successful response
-    gives back ``token_ratio``. While the bucket holds ``max_tokens / 2`` or fewer, no retries
-    are made (first attempts always are), so under an outage attempts per call fall towards one.
+    Each attempt that fails with a retryable outcome takes a token (a throttle takes
+    ``throttle_cost``); each successful response gives back ``token_ratio``. While the bucket
+    holds ``max_tokens / 2`` or fewer, no retries are made (first attempts always are), so under
+    an outage attempts per call fall towards one.
+
+    Throttles cost nothing by default: a throttle says the request was not processed, and it is
+    the rate limiter's job, not the budget's, to slow the offered load. A budget that throttles
+    drained would stop the very backoff that slows callers down.
 
     Attributes:
         max_tokens: The bucket's size, and its content at the start.
         token_ratio: What a success gives back.
+        throttle_cost: What a throttled attempt takes.
 
     Raises:
-        ValueError: ``max_tokens`` is not positive or ``token_ratio`` is negative.
+        ValueError: ``max_tokens`` is not positive, or another number is negative.
     """
 
     max_tokens: float = 10.0
     token_ratio: float = 0.1
+    throttle_cost: float = 0.0
 
     def __post_init__(self) -> None:
         _number("max_tokens", self.max_tokens, low=0, allow_low=False)
         _number("token_ratio", self.token_ratio, low=0)
+        _number("throttle_cost", self.throttle_cost, low=0)
 
 
 _TOKEN_BUCKETS: weakref.WeakSet[TokenBucket] = weakref.WeakSet()
@@ -128,11 +143,13 @@ class TokenBucket:
         self._lock = threading.Lock()
         _TOKEN_BUCKETS.add(self)
 
-    def record(self, transient: bool, outcome: object) -> None:
+    def record(self, transient: bool, outcome: object, throttled: bool = False) -> None:
         """Take a token for a transient failure; give some back for a successful response."""
         if transient:
-            with self._lock:
-                self.tokens = max(0.0, self.tokens - 1.0)
+            cost = self.budget.throttle_cost if throttled else 1.0
+            if cost:
+                with self._lock:
+                    self.tokens = max(0.0, self.tokens - cost)
         elif self.tokens < self.budget.max_tokens and not isinstance(outcome, grpc.RpcError):
             with self._lock:
                 self.tokens = min(self.budget.max_tokens, self.tokens + self.budget.token_ratio)
@@ -155,6 +172,11 @@ class RetryPolicy:
         base = min(max_backoff, initial_backoff * multiplier ** (k - 1))
         wait = base * (1 - jitter * uniform(0, 1))
 
+    with ``throttle_backoff`` instead of ``initial_backoff`` after a throttle. When the server
+    sends pushback (``grpc-retry-pushback-ms``), the wait is the longer of the backoff and the
+    pushback spread upwards by up to ``jitter`` (so that the callers it sent back do not return
+    at once), and never above ``max_backoff``.
+
     Jitter only shortens a wait: ``max_backoff`` is a true cap, a zero backoff waits zero,
     ``jitter=0`` gives exact waits and ``jitter=1`` is gRPC's "full jitter". No wait runs past
     the deadline: the retries stop instead, and the caller gets the last outcome.
@@ -170,6 +192,11 @@ class RetryPolicy:
             stream it bounds only the retrying, not the stream itself.
         retryable_codes: gRPC status codes that are retried.
         retryable_statuses: Clarifai in-body ``status.code`` values that are retried.
+        throttle_codes: gRPC codes that are throttles (e.g. ``RESOURCE_EXHAUSTED``): retried,
+            with ``throttle_backoff``, and they teach the adaptive rate limiter. Our own
+            `RateLimitedError` is never retried.
+        throttle_statuses: Clarifai in-body statuses that are throttles (``CONN_THROTTLED``).
+        throttle_backoff: Seconds before the first retry after a throttle, before jitter.
         budget: The `RetryBudget` whose bucket (one per channel or interceptor) limits retries;
             None for no limit beyond ``max_attempts``.
 
@@ -185,6 +212,9 @@ class RetryPolicy:
     timeout: float | None = 30.0
     retryable_codes: frozenset[grpc.StatusCode] = field(default=DEFAULT_RETRYABLE_CODES)
     retryable_statuses: frozenset[int] = field(default=DEFAULT_RETRYABLE_STATUSES)
+    throttle_codes: frozenset[grpc.StatusCode] = frozenset()
+    throttle_statuses: frozenset[int] = field(default=DEFAULT_THROTTLE_STATUSES)
+    throttle_backoff: float = 0.25
     budget: RetryBudget | None = RetryBudget()
 
     def __post_init__(self) -> None:
@@ -196,26 +226,29 @@ class RetryPolicy:
         _number("multiplier", self.multiplier, low=1)
         _number("max_backoff", self.max_backoff, low=0)
         _number("jitter", self.jitter, low=0)
+        _number("throttle_backoff", self.throttle_backoff, low=0)
         if self.jitter > 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
         if self.timeout is not None:
             _number("timeout", self.timeout, low=0, allow_low=False)
-        codes = self._set("retryable_codes", self.retryable_codes, grpc.StatusCode)
-        bad = sorted(c.name for c in codes & (NEVER_RETRIED_CODES | {grpc.StatusCode.OK}))
-        if bad:
-            raise ValueError(
-                f"retryable_codes may not include {', '.join(bad)}: scope, auth and cancelled "
-                "calls always pass straight through"
-            )
-        statuses = self._set("retryable_statuses", self.retryable_statuses, int)
-        bad = sorted(_sc.StatusCode.Name(s) for s in statuses & NEVER_RETRIED_STATUSES)
-        if _sc.SUCCESS in statuses:
-            bad.append("SUCCESS")
-        if bad:
-            raise ValueError(
-                f"retryable_statuses may not include {', '.join(bad)}: scope and auth errors "
-                "always pass straight through"
-            )
+        for name in ("retryable_codes", "throttle_codes"):
+            codes = self._set(name, getattr(self, name), grpc.StatusCode)
+            bad = sorted(c.name for c in codes & (NEVER_RETRIED_CODES | {grpc.StatusCode.OK}))
+            if bad:
+                raise ValueError(
+                    f"{name} may not include {', '.join(bad)}: scope, auth and cancelled "
+                    "calls always pass straight through"
+                )
+        for name in ("retryable_statuses", "throttle_statuses"):
+            statuses = self._set(name, getattr(self, name), int)
+            bad = sorted(_status_name(s) for s in statuses & NEVER_RETRIED_STATUSES)
+            if _sc.SUCCESS in statuses:
+                bad.append("SUCCESS")
+            if bad:
+                raise ValueError(
+                    f"{name} may not include {', '.join(bad)}: scope and auth errors "
+                    "always pass straight through"
+                )
         if self.budget is not None and not isinstance(self.budget, RetryBudget):
             raise ValueError("budget must be a RetryBudget or None")
 
@@ -229,21 +262,52 @@ class RetryPolicy:
         object.__setattr__(self, name, result)
         return result
 
-    def backoff(self, retry: int, rand: Callable[[], float] = random.random) -> float:
+    def backoff(
+        self, retry: int, rand: Callable[[], float] = random.random, throttled: bool = False
+    ) -> float:
         """Seconds to wait before retry number ``retry`` (1 for the second attempt)."""
+        initial = self.throttle_backoff if throttled else self.initial_backoff
         try:
-            base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+            base = min(self.max_backoff, initial * self.multiplier ** (retry - 1))
         except OverflowError:
             base = self.max_backoff
         return base * (1.0 - self.jitter * rand())
+
+    def wait(
+        self, retry: int, outcome: object, rand: Callable[[], float] = random.random
+    ) -> tuple[float, str]:
+        """Seconds to wait before retry ``retry`` after ``outcome``, and why: ``"backoff"`` or
+        ``"pushback"`` (the server's hint, clamped to ``max_backoff`` and spread upwards)."""
+        backoff = self.backoff(retry, rand, self.throttle(outcome))
+        hint = pushback(outcome)
+        if hint is None or hint < 0:
+            return backoff, "backoff"
+        spread = min(self.max_backoff, MAX_PUSHBACK, hint) * (1.0 + self.jitter * rand())
+        spread = min(spread, self.max_backoff)
+        return (spread, "pushback") if spread > backoff else (backoff, "backoff")
 
     def transient(self, outcome: object) -> bool:
         """Whether an attempt's outcome (a ``grpc.RpcError`` or a response) is worth a retry."""
         if isinstance(outcome, grpc.RpcError):
             code = getattr(outcome, "code", None)
-            return code is not None and code() in self.retryable_codes
-        status = getattr(outcome, "status", None)
-        return status is not None and getattr(status, "code", None) in self.retryable_statuses
+            if code is None or type(outcome) is RateLimitedError:
+                return False
+            code = code()
+            return code in self.retryable_codes or code in self.throttle_codes
+        status = getattr(getattr(outcome, "status", None), "code", None)
+        return status in self.retryable_statuses or status in self.throttle_statuses
+
+    def throttle(self, outcome: object) -> bool:
+        """Whether an outcome says the server refused for rate (a throttle)."""
+        if isinstance(outcome, grpc.RpcError):
+            code = getattr(outcome, "code", None)
+            return (
+                bool(self.throttle_codes)
+                and code is not None
+                and type(outcome) is not RateLimitedError
+                and code() in self.throttle_codes
+            )
+        return getattr(getattr(outcome, "status", None), "code", None) in self.throttle_statuses
 
     def deadline(self, timeout: float | None) -> float | None:
         """The monotonic time by which the whole call must end, or None."""
@@ -261,21 +325,26 @@ def time_left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
+def _status_name(status: int) -> str:
+    try:
+        return str(_sc.StatusCode.Name(status))
+    except ValueError:
+        return f"status {status}"
+
+
 def describe(outcome: object) -> str:
     """A short, secret-free name for an outcome: a gRPC code or a Clarifai status name."""
     if isinstance(outcome, grpc.RpcError):
         code = getattr(outcome, "code", None)
         return code().name if code is not None else type(outcome).__name__
     status = getattr(getattr(outcome, "status", None), "code", None)
-    if isinstance(status, int):
-        try:
-            return str(_sc.StatusCode.Name(status))
-        except ValueError:
-            return f"status {status}"
-    return "message"
+    return _status_name(status) if isinstance(status, int) else "message"
 
 
 PUSHBACK = "grpc-retry-pushback-ms"
+#: The longest server pushback honoured, in seconds (a policy's ``max_backoff`` caps it too):
+#: a hostile or broken server cannot park a call, or overflow a timer.
+MAX_PUSHBACK = 60.0
 #: The header that tells the server which retry an attempt is (absent on the first attempt).
 ATTEMPT_HEADER = "x-retry-attempt"
 
@@ -288,7 +357,9 @@ def pushback(outcome: object) -> float | None:
     for key, value in (trailing() if trailing is not None else None) or ():
         if key == PUSHBACK:
             text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
-            return int(text) / 1000 if text.isdigit() else -1.0
+            if not (isinstance(text, str) and text.isascii() and text.isdigit()):
+                return -1.0  # gRFC A6: a malformed hint means "do not retry"
+            return MAX_PUSHBACK if len(text) > 9 else min(MAX_PUSHBACK, int(text) / 1000)
     return None
 
 
@@ -327,28 +398,24 @@ class Retry:
     Built by `Attempts` only after a transient outcome: the happy path never pays for tenacity.
     """
 
-    __slots__ = ("_retrying", "_state", "method")
+    __slots__ = ("_retrying", "_state", "reason")
 
     def __init__(
         self,
         policy: RetryPolicy,
-        method: str | bytes,
         deadline: float | None,
         bucket: TokenBucket | None,
     ) -> None:
-        self.method = method_name(method)
+        self.reason = "backoff"
 
         def wait(state: _t.RetryCallState) -> float:
-            seconds = pushback(_last_outcome(state))
-            if seconds is not None and seconds >= 0:
-                return seconds
-            return policy.backoff(state.attempt_number)
+            seconds, self.reason = policy.wait(state.attempt_number, _last_outcome(state))
+            return seconds
 
         self._retrying = _t.Retrying(
             stop=_t.stop_after_attempt(policy.max_attempts) | _stop_early(deadline, bucket),
             wait=wait,
             retry=_t.retry_if_result(policy.transient),
-            before_sleep=self._log,
             retry_error_callback=_last_outcome,
             reraise=True,
         )
@@ -365,42 +432,43 @@ class Retry:
             return float(action)
         return None
 
-    def _log(self, state: _t.RetryCallState) -> None:
-        outcome = describe(_last_outcome(state))
-        log.debug(
-            "retrying %s: attempt %d got %s; waiting %.3f s",
-            self.method,
-            state.attempt_number,
-            outcome,
-            state.upcoming_sleep,
-            # The same facts as fields, for handlers that want them (the CLI demo, metrics).
-            extra={
-                "rpc_method": self.method,
-                "attempt": state.attempt_number,
-                "outcome": outcome,
-                "wait": state.upcoming_sleep,
-            },
-        )
-
 
 def final_at_once(policy: RetryPolicy, bucket: TokenBucket | None, outcome: object) -> bool:
     """Whether a first outcome is final with nothing to record: the happy path, which then
     needs no `Attempts` (the same verdict `Attempts.after` would give, at less cost)."""
-    return policy.max_attempts == 1 or (
-        not policy.transient(outcome)
-        and (bucket is None or bucket.full() or isinstance(outcome, grpc.RpcError))
+    if policy.transient(outcome):  # a throttle teaches the rate limiter even when not retried
+        return policy.max_attempts == 1 and not policy.throttle(outcome)
+    return (
+        policy.max_attempts == 1
+        or bucket is None
+        or bucket.full()
+        or isinstance(outcome, grpc.RpcError)
     )
 
 
 class Attempts:
-    """One call's attempts: judge each outcome, and say how long to wait before the next one.
+    """One call's attempts: pace each, judge each outcome, say how long to wait before the next.
 
-    Every front end drives its calls through one of these: feed `after` each outcome (a
-    ``grpc.RpcError`` or a response); it returns the seconds to wait before attempt `number`,
-    or None when the outcome is final and goes to the caller as is.
+    Every front end drives its calls through one of these: `first` gives the wait before the
+    first attempt (the rate limiter's), `after` is fed each outcome (a ``grpc.RpcError`` or a
+    response) and returns the seconds to wait before attempt `number`, or None when the outcome
+    is final and goes to the caller as is. A rate limiter that refuses the first attempt raises
+    `RateLimitedError`; one that refuses a retry makes the last outcome final.
     """
 
-    __slots__ = ("_retry", "bucket", "deadline", "method", "number", "policy")
+    __slots__ = (
+        "_retry",
+        "bucket",
+        "cut_by",
+        "deadline",
+        "limit_wait",
+        "limiter",
+        "method",
+        "number",
+        "permit",
+        "policy",
+        "throttled",
+    )
 
     def __init__(
         self,
@@ -408,30 +476,149 @@ class Attempts:
         method: str | bytes,
         deadline: float | None,
         bucket: TokenBucket | None = None,
+        limiter: Bucket | None = None,
+        permit: Permit | None = None,
+        limit_wait: float | None = None,
     ) -> None:
         self.policy = policy
         self.method = method
         self.deadline = deadline
         self.bucket = bucket
+        self.limiter = limiter
+        self.permit = permit
+        self.limit_wait = limit_wait
         self.number = 1
+        self.throttled = 0
+        #: What ended the retrying early: "attempts", "deadline", "budget", "pushback",
+        #: "limiter", or None.
+        self.cut_by: str | None = None
         self._retry: Retry | None = None
+
+    def _bound(self, not_before: float) -> float | None:
+        return permit_bound(self.deadline, self.limit_wait, not_before)
+
+    def first(self) -> float:
+        """Seconds to wait before the first attempt (the rate limiter's pacing).
+
+        Raises:
+            RateLimitedError: The limiter has no permit within the wait allowed.
+        """
+        limiter = self.limiter
+        if limiter is None:
+            return 0.0
+        bound = self._bound(0.0)
+        permit = limiter.acquire(0.0, bound)
+        if permit is None:
+            raise RateLimitedError(bound)
+        self.permit = permit
+        return permit.wait
+
+    async def first_async(self) -> float:
+        """`first`, for ``grpc.aio``: a shared limiter's I/O never blocks the event loop."""
+        limiter = self.limiter
+        if limiter is None:
+            return 0.0
+        bound = self._bound(0.0)
+        permit = await limiter.acquire_async(0.0, bound)
+        if permit is None:
+            raise RateLimitedError(bound)
+        self.permit = permit
+        return permit.wait
+
+    def _judge(self, outcome: object) -> tuple[float | None, bool]:
+        """The policy's wait after ``outcome`` (None: final), and whether it was a throttle."""
+        policy = self.policy
+        throttled = policy.throttle(outcome)
+        if throttled:
+            self.throttled += 1
+        if policy.max_attempts == 1:
+            return None, throttled  # as in gRPC, only calls that may be retried feed the budget
+        transient = policy.transient(outcome)
+        if self.bucket is not None:
+            self.bucket.record(transient, outcome, throttled)
+        if not transient:
+            return None, throttled
+        if self._retry is None:
+            self._retry = Retry(policy, self.deadline, self.bucket)
+        wait = self._retry.after(outcome)
+        if wait is None:
+            self.cut_by = self._why_stopped(outcome)
+        return wait, throttled
+
+    def _why_stopped(self, outcome: object) -> str:
+        if self.number >= self.policy.max_attempts:
+            return "attempts"
+        if pushback(outcome) == -1.0:
+            return "pushback"
+        if self.bucket is not None and not self.bucket.allows_retry():
+            return "budget"
+        return "deadline"
+
+    def _paced(self, permit: Permit | None, wait: float) -> float | None:
+        if permit is None:
+            self.cut_by = "limiter"
+            return None
+        self.permit = permit
+        if permit.wait > wait:
+            wait = permit.wait
+            if self._retry is not None:
+                self._retry.reason = "limiter"
+        return wait
+
+    def _scheduled(self, outcome: object, wait: float) -> float:
+        """Announce the retry about to wait ``wait`` seconds, and count it."""
+        if log.isEnabledFor(logging.DEBUG):
+            name, got = method_name(self.method), describe(outcome)
+            log.debug(
+                "retrying %s: attempt %d got %s; waiting %.3f s",
+                name,
+                self.number,
+                got,
+                wait,
+                # The same facts as fields, for handlers that want them (the CLI demo, metrics).
+                extra={"rpc_method": name, "attempt": self.number, "outcome": got, "wait": wait},
+            )
+        self.number += 1
+        return wait
 
     def after(self, outcome: object) -> float | None:
         """Seconds to wait before the next attempt, or None if ``outcome`` is final."""
-        policy = self.policy
-        if policy.max_attempts == 1:
-            return None  # as in gRPC, only calls that may be retried feed the budget
-        transient = policy.transient(outcome)
-        if self.bucket is not None:
-            self.bucket.record(transient, outcome)
-        if not transient:
-            return None
-        if self._retry is None:
-            self._retry = Retry(policy, self.method, self.deadline, self.bucket)
-        wait = self._retry.after(outcome)
-        if wait is not None:
-            self.number += 1
-        return wait
+        wait, throttled = self._judge(outcome)
+        limiter = self.limiter
+        if limiter is not None:
+            if throttled and self.permit is not None:
+                limiter.feedback(self.permit, True)
+            if wait is not None:
+                wait = self._paced(limiter.acquire(wait, self._bound(wait)), wait)
+        return None if wait is None else self._scheduled(outcome, wait)
+
+    async def after_async(self, outcome: object) -> float | None:
+        """`after`, for ``grpc.aio``."""
+        wait, throttled = self._judge(outcome)
+        limiter = self.limiter
+        if limiter is not None:
+            if throttled and self.permit is not None:
+                await limiter.feedback_async(self.permit, True)
+            if wait is not None:
+                permit = await limiter.acquire_async(wait, self._bound(wait))
+                wait = self._paced(permit, wait)
+        return None if wait is None else self._scheduled(outcome, wait)
+
+    def reason(self) -> str:
+        """Why the last wait `after` gave was chosen: backoff, pushback or limiter."""
+        return "backoff" if self._retry is None else self._retry.reason
+
+
+def permit_bound(
+    deadline: float | None, limit_wait: float | None, not_before: float = 0.0
+) -> float | None:
+    """The longest wait for a rate-limit permit: ``limit_wait`` past ``not_before``, and never
+    past the deadline (None: no bound)."""
+    bound = None if limit_wait is None else not_before + limit_wait
+    left = time_left(deadline)
+    if left is not None and (bound is None or left < bound):
+        bound = left
+    return bound
 
 
 T = TypeVar("T")
@@ -446,7 +633,13 @@ def run(attempts: Attempts, attempt: Callable[[int], T], view: Callable[[T], obj
 
     ``attempt`` gives itself the time left before the deadline; ``view`` maps what it returns
     to the outcome the policy judges (an RpcError or a response).
+
+    Raises:
+        RateLimitedError: The rate limiter refused the first attempt.
     """
+    wait = attempts.first()
+    if wait:
+        time.sleep(wait)
     outcome = attempt(1)
     return follow(attempts, attempt, outcome, attempts.after(view(outcome)), view)
 

@@ -23,7 +23,7 @@ import grpc
 from ._channel import channel_options, resolve_target
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY, Core
-from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
+from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._metadata import for_attempt
 from ._request import fill_copy, request_stream
 from ._retry import NO_RETRY, RetryPolicy, time_left
@@ -77,8 +77,8 @@ class _Interceptor:
 
     def _prepare(
         self, continuation: Any, details: Any, request: Any, streaming: bool
-    ) -> tuple[_Start, RetryPolicy]:
-        pairs, credentials = self._core.resolve(details.metadata)
+    ) -> tuple[_Start, RetryPolicy, Bucket | None]:
+        pairs, credentials, limiter = self._core.resolve(details.metadata)
         policy = self._core.policy()
         if not streaming:
             filled = fill_copy(credentials, request)
@@ -97,14 +97,17 @@ class _Interceptor:
                 requests(),
             )
 
-        return start, policy
+        return start, policy, limiter
 
     async def _unary(self, continuation: Any, details: Any, request: Any, streaming: bool) -> Any:
-        start, policy = self._prepare(continuation, details, request, streaming)
+        start, policy, limiter = self._prepare(continuation, details, request, streaming)
         deadline = policy.deadline(details.timeout)
-        attempts = self._core.attempts(policy, details.method, deadline)
+        attempts = self._core.attempts(policy, details.method, deadline, limiter)
+        pace = await attempts.first_async()
+        if pace:
+            await asyncio.sleep(pace)
         call = await start(1, time_left(deadline))
-        if policy.max_attempts == 1:
+        if policy.max_attempts == 1 and (limiter is None or streaming):
             return call  # nothing to judge: the caller awaits (or writes to) grpc's own call
         try:
             while True:
@@ -112,7 +115,7 @@ class _Interceptor:
                     outcome = await call
                 except grpc.RpcError as exc:
                     outcome = exc
-                wait = attempts.after(outcome)
+                wait = await attempts.after_async(outcome)
                 if wait is None:
                     break
                 await asyncio.sleep(wait)
@@ -127,13 +130,16 @@ class _Interceptor:
     async def _stream(
         self, continuation: Any, details: Any, request: Any, streaming: bool, kept: type[_Kept]
     ) -> Any:
-        start, policy = self._prepare(continuation, details, request, streaming)
+        start, policy, limiter = self._prepare(continuation, details, request, streaming)
         # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
         # the caller's own timeout bounds the stream.
         timeout = details.timeout
         call_deadline = None if timeout is None else time.monotonic() + timeout
         deadline = policy.deadline(timeout)
-        attempts = self._core.attempts(policy, details.method, deadline)
+        attempts = self._core.attempts(policy, details.method, deadline, limiter)
+        pace = await attempts.first_async()
+        if pace:
+            await asyncio.sleep(pace)
         call = await start(1, time_left(call_deadline))
         if policy.max_attempts == 1:
             return call
@@ -141,7 +147,7 @@ class _Interceptor:
             while True:
                 messages = call.__aiter__()
                 head = await _first(messages)
-                if head is _END or (wait := attempts.after(head)) is None:
+                if head is _END or (wait := await attempts.after_async(head)) is None:
                     break
                 call.cancel()  # an error or a retryable first message: that attempt is over
                 await asyncio.sleep(wait)

@@ -16,6 +16,7 @@ from clarifai_interceptor import (
     ClarifaiInterceptor,
     Credentials,
     RetryPolicy,
+    _limiter,
     wrap_channel,
 )
 from clarifai_interceptor._context import CREDENTIALS, RETRY
@@ -40,9 +41,18 @@ KEY_CREDS = Credentials.from_api_key(API_KEY)
 SESSION_CREDS = Credentials.from_session_token(SESSION_TOKEN, user_id=USER, app_id=APP)
 
 #: The default policy with zero waits: retries happen at once.
-FAST = RetryPolicy(initial_backoff=0, jitter=0)
+FAST = RetryPolicy(initial_backoff=0, throttle_backoff=0, jitter=0)
 
 PATHS = ("interceptor", "wrapper")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits() -> Iterator[None]:
+    """Each test starts with no rate-limit state: buckets are process-wide by design (two
+    channels with one secret share one), so one test's throttles would pace the next."""
+    _limiter._reset()
+    yield
+    _limiter._reset()
 
 
 @pytest.fixture(autouse=True)

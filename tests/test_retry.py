@@ -33,7 +33,7 @@ from clarifai_interceptor._retry import (
     time_left,
 )
 
-FAST = RetryPolicy(initial_backoff=0, jitter=0, budget=None)
+FAST = RetryPolicy(initial_backoff=0, throttle_backoff=0, jitter=0, budget=None)
 
 
 class Failure(grpc.RpcError):  # type: ignore[misc]
@@ -268,7 +268,7 @@ def test_pushback_parsing() -> None:
 
 def test_pushback_sets_the_wait_and_negative_stops() -> None:
     waits: list[float] = []
-    attempts = Attempts(RetryPolicy(jitter=0, budget=None), "M", None)
+    attempts = Attempts(RetryPolicy(initial_backoff=0.001, jitter=0, budget=None), "M", None)
     waits.append(
         attempts.after(Failure(grpc.StatusCode.UNAVAILABLE, (("grpc-retry-pushback-ms", "7"),)))
         or -1
@@ -339,5 +339,6 @@ def test_final_at_once_agrees_with_attempts(
         assert Attempts(policy, "M", None, bucket).after(outcome) is None
         assert (None if bucket is None else bucket.tokens) == before
     else:
-        assert policy.max_attempts > 1
+        # A throttle goes to Attempts even with one attempt: it teaches the rate limiter.
+        assert policy.max_attempts > 1 or policy.throttle(outcome)
         assert policy.transient(outcome) or (bucket is not None and not bucket.full())

@@ -779,18 +779,19 @@ def test_server_pushback_minus_one_stops_the_retries(
     assert len(fake.calls_to(method)) == 1
 
 
-def test_server_pushback_sets_the_wait(path: Path, fake: FakeClarifai) -> None:
-    # The policy would wait 30 s; the server says 0 ms, and is obeyed.
-    stub = path.stub(retry=RetryPolicy(initial_backoff=30, jitter=0, timeout=60))
+def test_server_pushback_lengthens_the_wait(path: Path, fake: FakeClarifai) -> None:
+    # The policy would wait 1 ms; the server says 300 ms, and is obeyed (never the reverse:
+    # a pushback of 0 does not cut a backoff short, see test_retry).
+    stub = path.stub(retry=RetryPolicy(initial_backoff=0.001, jitter=0, timeout=60))
     fake.script(
         "PostModelOutputs",
-        Fail(UNAVAILABLE, "", (("grpc-retry-pushback-ms", "0"),)),
+        Fail(UNAVAILABLE, "", (("grpc-retry-pushback-ms", "300"),)),
         Reply(output("ok")),
     )
     started = time.monotonic()
     response = stub.PostModelOutputs(predict_request(), timeout=T)
     assert ids([response]) == ["ok"]
-    assert time.monotonic() - started < 5
+    assert 0.3 <= time.monotonic() - started < 5
     assert len(fake.calls_to("PostModelOutputs")) == 2
 
 

@@ -1,0 +1,543 @@
+"""The client-side rate limiter: its maths with a fake clock, then pacing, sharing, fail-fast
+and feedback on every front end against a real server.
+
+Secrets are obviously fake. Timing asserts are lower bounds only where pacing is the point (a
+slow machine can only make them longer) and generous upper bounds that only catch hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
+from clarifai_grpc.grpc.api.status import status_code_pb2 as sc
+from conftest import FAST, PAT_CREDS, T
+
+import clarifai_interceptor.aio as cia
+from clarifai_interceptor import (
+    NO_RETRY,
+    ClarifaiInterceptor,
+    Credentials,
+    RateLimit,
+    RateLimitedError,
+    RetryPolicy,
+    _limiter,
+    insecure_channel,
+    use_credentials,
+    wrap_channel,
+)
+from clarifai_interceptor._limiter import (
+    BETA,
+    GO,
+    LocalBucket,
+    Permit,
+    bucket_for,
+    cubic_rate,
+    identity,
+)
+from clarifai_interceptor._retry import Attempts
+from clarifai_interceptor.testing import Fail, FakeClarifai, Reply
+
+METHOD = "ListModels"
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+OTHER_CREDS = Credentials.from_pat("fake-other-pat-for-tests", user_id="u2", app_id="a2")
+
+
+class Clock:
+    """A fake monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ok() -> service_pb2.MultiModelResponse:
+    response = service_pb2.MultiModelResponse()
+    response.status.code = sc.SUCCESS
+    return response
+
+
+def throttled() -> service_pb2.MultiModelResponse:
+    response = service_pb2.MultiModelResponse()
+    response.status.code = sc.CONN_THROTTLED
+    response.status.description = "exceeded limit of 15 requests per second"
+    return response
+
+
+# -- the maths, with a fake clock --------------------------------------------------------------
+
+
+def test_cubic_rate_is_cut_then_back_after_one_second_then_grows() -> None:
+    assert cubic_rate(100.0, 0.0) == pytest.approx(100.0 * BETA)
+    assert cubic_rate(100.0, 1.0) == pytest.approx(100.0)
+    assert cubic_rate(100.0, 2.0) == pytest.approx(130.0)
+    assert cubic_rate(100.0, 0.5) < cubic_rate(100.0, 1.0) < cubic_rate(100.0, 1.5)
+
+
+def test_fixed_rate_paces_from_the_first_call_with_its_burst() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(per_second=10, burst=3), clock)
+    waits = [bucket.acquire(0.0, None).wait for _ in range(6)]  # type: ignore[union-attr]
+    assert waits == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3])
+    clock.now += 10  # idle: the burst is back, and no more
+    waits = [bucket.acquire(0.0, None).wait for _ in range(4)]  # type: ignore[union-attr]
+    assert waits == pytest.approx([0, 0, 0, 0.1])
+
+
+def test_a_permit_is_never_sooner_than_asked() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(per_second=10), clock)
+    first = bucket.acquire(0.5, None)
+    assert first is not None
+    assert first.wait == pytest.approx(0.5)
+    second = bucket.acquire(0.0, None)
+    assert second is not None
+    assert second.wait == pytest.approx(0.6)
+
+
+def test_a_refused_permit_reserves_nothing() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(per_second=1), clock)
+    assert bucket.acquire(0.0, 0.0) == Permit(0.0, 0)
+    assert bucket.acquire(0.0, 0.5) is None  # the next slot is 1 s away
+    assert bucket.acquire(0.0, 0.5) is None
+    permit = bucket.acquire(0.0, 1.0)
+    assert permit is not None
+    assert permit.wait == pytest.approx(1.0)
+
+
+def test_adaptive_is_dormant_and_free_until_the_first_throttle() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(), clock)
+    for _ in range(50):
+        assert bucket.acquire(0.0, 0.0) is GO
+        clock.now += 0.01  # 100 sends per second
+    assert bucket.rate() is None
+    assert not bucket.active
+    bucket.feedback(GO, throttled=False)
+    assert not bucket.active  # successes teach nothing while dormant
+    bucket.feedback(GO, throttled=True)
+    assert bucket.active
+    # It starts from the rate it saw sent (100/s), cut by BETA.
+    assert bucket.rate() == pytest.approx(100.0 * BETA, rel=0.05)
+
+
+def test_one_cut_per_round_of_attempts_in_flight() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(), clock)
+    for _ in range(100):
+        bucket.acquire(0.0, None)
+        clock.now += 0.01
+    in_flight = [bucket.acquire(0.0, None) for _ in range(5)]  # all sent while dormant
+    for permit in in_flight:
+        assert permit is not None
+        bucket.feedback(permit, throttled=True)  # five throttles of one round: one cut
+    once = bucket.rate()
+    assert once == pytest.approx(100.0 * BETA, rel=0.1)
+    later = bucket.acquire(0.0, None)  # sent after the cut: its throttle cuts again
+    assert later is not None
+    assert later.round == 1
+    bucket.feedback(later, throttled=True)
+    assert bucket.rate() == pytest.approx(once * BETA, rel=0.05)  # type: ignore[operator]
+
+
+def test_adaptive_rate_recovers_in_about_a_second_and_is_capped_by_the_send_rate() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(burst=1000), clock)
+    for _ in range(200):
+        bucket.acquire(0.0, None)
+        clock.now += 0.005  # 200/s
+    bucket.feedback(GO, throttled=True)
+    cut = bucket.rate()
+    assert cut is not None
+    assert cut < 200
+    # Keep sending at 200/s: back near the old rate a second after the cut...
+    for _ in range(200):
+        bucket.acquire(0.0, None)
+        clock.now += 0.005
+    assert bucket.rate() == pytest.approx(200.0, rel=0.1)
+    # ...then it grows, but never past twice what is sent (here 200/s).
+    for _ in range(2000):
+        bucket.acquire(0.0, None)
+        clock.now += 0.005
+    rate = bucket.rate()
+    assert rate is not None
+    assert 250 < rate <= 2 * 200 * 1.05
+
+
+def test_the_send_rate_estimate_survives_a_stall() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(burst=1000), clock)
+    for _ in range(100):
+        bucket.acquire(0.0, None)
+        clock.now += 0.01
+    bucket.feedback(GO, throttled=True)
+    for _ in range(300):
+        bucket.acquire(0.0, None)
+        clock.now += 0.01
+    before = bucket.rate()
+    clock.now += 0.6  # the client stalls (a GC pause, a slow request)
+    bucket.acquire(0.0, None)
+    clock.now += 0.01
+    after = bucket.rate()
+    assert before is not None
+    assert after is not None
+    assert after >= before * 0.9
+
+
+def test_a_throttle_after_a_few_calls_starts_from_the_initial_rate() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(initial_rate=15.0), clock)
+    bucket.acquire(0.0, None)
+    clock.now += 0.01
+    bucket.feedback(GO, throttled=True)  # one call seen: 2/s would be no estimate at all
+    assert bucket.rate() == pytest.approx(15.0 * BETA)
+
+
+def test_the_adaptive_rate_never_falls_below_min_rate() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(min_rate=2.0), clock)
+    bucket.acquire(0.0, None)
+    for _ in range(50):
+        bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
+    assert bucket.rate() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("per_second", 0),
+        ("per_second", -1),
+        ("per_second", float("nan")),
+        ("per_second", float("inf")),
+        ("per_second", True),
+        ("per_second", "15"),
+        ("burst", 0.5),
+        ("burst", float("inf")),
+        ("max_wait", -0.1),
+        ("max_wait", float("nan")),
+        ("min_rate", 0),
+        ("initial_rate", -1),
+        ("key", ""),
+        ("key", 7),
+        ("store", object()),
+    ],
+)
+def test_bad_rate_limits_are_refused_naming_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=field):
+        RateLimit(**{field: value})
+
+
+def test_rate_limit_of_the_wrong_type_is_refused_when_the_channel_is_built() -> None:
+    raw = grpc.insecure_channel("localhost:1")
+    try:
+        with pytest.raises(TypeError, match="rate_limit"):
+            wrap_channel(raw, PAT_CREDS, rate_limit=15)  # type: ignore[arg-type]
+    finally:
+        raw.close()
+
+
+# -- sharing rules ---------------------------------------------------------------------------
+
+
+def test_identity_is_a_digest_that_names_no_secret() -> None:
+    key = identity(PAT_CREDS.secret, "localhost:1", RateLimit())
+    assert PAT_CREDS.secret not in key
+    assert len(key) == 32
+    assert key != identity(OTHER_CREDS.secret, "localhost:1", RateLimit())
+    assert key != identity(PAT_CREDS.secret, "localhost:2", RateLimit())
+    # A shared key widens the limit across secrets.
+    shared = RateLimit(key="team")
+    assert identity(PAT_CREDS.secret, "t", shared) == identity(OTHER_CREDS.secret, "t", shared)
+
+
+def test_two_channels_with_one_secret_share_a_bucket_and_other_secrets_do_not(
+    fake: FakeClarifai,
+) -> None:
+    one = insecure_channel(fake.target, PAT_CREDS, retry=FAST)
+    two = insecure_channel(fake.target, PAT_CREDS, retry=FAST)
+    try:
+        for channel in (one, two):
+            service_pb2_grpc.V2Stub(channel).ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        ours = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret, fake.target)
+        theirs = bucket_for(_limiter.DEFAULT_RATE_LIMIT, OTHER_CREDS.secret, fake.target)
+        assert ours is not theirs
+        assert [bucket for _key, bucket in _limiter.buckets()] == [ours, theirs]
+    finally:
+        one.close()
+        two.close()
+
+
+def test_a_throttled_tenant_does_not_slow_another(fake: FakeClarifai) -> None:
+    limit = RateLimit(per_second=2, max_wait=0)  # fail fast: any pacing shows as an error
+    channel = insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=limit)
+    stub = service_pb2_grpc.V2Stub(channel)
+    try:
+        stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        with pytest.raises(RateLimitedError):
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        with use_credentials(OTHER_CREDS):  # another PAT: its own bucket, full
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        # A credential header on the call itself is its own tenant too.
+        header = (("authorization", "Key fake-third-secret-for-tests"),)
+        stub.ListModels(service_pb2.ListModelsRequest(), timeout=T, metadata=header)
+        with pytest.raises(RateLimitedError):
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T, metadata=header)
+    finally:
+        channel.close()
+    assert len(fake.calls_to(METHOD)) == 3
+
+
+# -- pacing and fail-fast on every sync front end ---------------------------------------------
+
+
+def sync_channels(fake: FakeClarifai, **kwargs: Any) -> Iterator[tuple[str, grpc.Channel]]:
+    raw = grpc.insecure_channel(fake.target)
+    yield "interceptor", grpc.intercept_channel(raw, ClarifaiInterceptor(PAT_CREDS, **kwargs))
+    raw2 = grpc.insecure_channel(fake.target)
+    yield "wrapper", wrap_channel(raw2, PAT_CREDS, **kwargs)
+    raw.close()
+    raw2.close()
+
+
+@pytest.mark.parametrize("how", ["blocking", "with_call", "future", "stream"])
+def test_a_fixed_rate_paces_every_call_kind(fake: FakeClarifai, how: str) -> None:
+    for _name, channel in sync_channels(fake, retry=FAST, rate_limit=RateLimit(per_second=20)):
+        _limiter._reset()
+        stub = service_pb2_grpc.V2Stub(channel)
+        started = time.monotonic()
+        for _ in range(5):
+            request = service_pb2.ListModelsRequest()
+            if how == "blocking":
+                stub.ListModels(request, timeout=T)
+            elif how == "with_call":
+                stub.ListModels.with_call(request, timeout=T)
+            elif how == "future":
+                stub.ListModels.future(request, timeout=T).result(timeout=T)
+            else:
+                list(stub.StreamLogEntries(service_pb2.StreamLogEntriesRequest(), timeout=T))
+        assert time.monotonic() - started >= 4 * 0.05 * 0.9  # four gaps of 1/20 s
+
+
+def test_fail_fast_raises_our_rpc_error_and_sends_nothing(fake: FakeClarifai) -> None:
+    limit = RateLimit(per_second=0.5, max_wait=0)
+    for name, channel in sync_channels(fake, retry=FAST, rate_limit=limit):
+        _limiter._reset()
+        stub = service_pb2_grpc.V2Stub(channel)
+        stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        before = len(fake.calls_to(METHOD))
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, name
+        assert "client-side rate limiter" in refused.value.details()
+        future = stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
+        assert future.done()
+        assert isinstance(future.exception(), RateLimitedError)
+        assert future.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(RateLimitedError):
+            stub.ListModels.with_call(service_pb2.ListModelsRequest(), timeout=T)
+        assert len(fake.calls_to(METHOD)) == before
+
+
+def test_no_permit_wait_runs_past_the_call_deadline(fake: FakeClarifai) -> None:
+    limit = RateLimit(per_second=0.2, max_wait=None)  # would wait 5 s for the second permit
+    for _name, channel in sync_channels(fake, retry=FAST, rate_limit=limit):
+        _limiter._reset()
+        stub = service_pb2_grpc.V2Stub(channel)
+        stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        started = time.monotonic()
+        with pytest.raises(RateLimitedError):
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=0.5)
+        assert time.monotonic() - started < 0.4  # refused at once, not after a wait
+
+
+def test_a_paced_future_returns_at_once_and_can_be_cancelled_unsent(fake: FakeClarifai) -> None:
+    limit = RateLimit(per_second=1)
+    for _name, channel in sync_channels(fake, retry=FAST, rate_limit=limit):
+        _limiter._reset()
+        stub = service_pb2_grpc.V2Stub(channel)
+        stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        before = len(fake.calls_to(METHOD))
+        started = time.monotonic()
+        paced = stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
+        cancelled = stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
+        assert time.monotonic() - started < 0.5  # the caller is not blocked for the ~1 s wait
+        assert not paced.done()
+        assert cancelled.cancel()
+        assert cancelled.cancelled()
+        with pytest.raises(grpc.FutureCancelledError):
+            cancelled.result()
+        assert paced.result(timeout=T).status.code == sc.SUCCESS
+        assert time.monotonic() - started >= 0.9
+        time.sleep(0.2)
+        assert len(fake.calls_to(METHOD)) == before + 1  # the cancelled one was never sent
+
+
+# -- feedback: throttles teach the limiter ---------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [FAST, NO_RETRY], ids=["retrying", "no-retry"])
+def test_a_throttle_wakes_the_adaptive_limiter_on_every_front_end(
+    fake: FakeClarifai, policy: RetryPolicy
+) -> None:
+    for how in ("blocking", "future"):
+        for name, channel in sync_channels(fake, retry=policy):
+            _limiter._reset()
+            fake.script(METHOD, Reply(throttled()))  # then the default: success
+            stub = service_pb2_grpc.V2Stub(channel)
+            if how == "blocking":
+                stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+            else:
+                future = stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
+                future.result(timeout=T)
+            bucket = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret, "")
+            deadline = time.monotonic() + T  # a future's done-callback runs on gRPC's thread
+            while not bucket.active and time.monotonic() < deadline:  # type: ignore[attr-defined]
+                time.sleep(0.01)
+            assert bucket.active, (name, how)  # type: ignore[attr-defined]
+
+
+def test_our_refusal_is_never_retried_even_where_resource_exhausted_is_a_throttle(
+    fake: FakeClarifai,
+) -> None:
+    policy = dataclasses.replace(
+        FAST, throttle_codes=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
+    )
+    limit = RateLimit(per_second=0.5, max_wait=0)
+    channel = insecure_channel(fake.target, PAT_CREDS, retry=policy, rate_limit=limit)
+    try:
+        stub = service_pb2_grpc.V2Stub(channel)
+        stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        with pytest.raises(RateLimitedError):
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+    finally:
+        channel.close()
+    assert len(fake.calls_to(METHOD)) == 1
+
+
+def test_a_server_resource_exhausted_marked_as_throttle_is_retried(fake: FakeClarifai) -> None:
+    policy = dataclasses.replace(
+        FAST, throttle_codes=frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
+    )
+    channel = insecure_channel(fake.target, PAT_CREDS, retry=policy)
+    fake.script(METHOD, Fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down"), Reply(ok()))
+    try:
+        stub = service_pb2_grpc.V2Stub(channel)
+        assert stub.ListModels(service_pb2.ListModelsRequest(), timeout=T).status.code == sc.SUCCESS
+    finally:
+        channel.close()
+    assert len(fake.calls_to(METHOD)) == 2
+    bucket = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret, fake.target)
+    assert bucket.active  # type: ignore[attr-defined]
+
+
+def test_a_refused_retry_ends_the_call_with_its_last_outcome() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(per_second=1), clock)
+    attempts = Attempts(FAST, "M", None, None, bucket, None, 0.0)
+    assert attempts.first() == 0
+    assert attempts.after(throttled()) is None  # the retry's permit is a second away
+    assert attempts.cut_by == "limiter"
+    assert attempts.number == 1
+
+
+def test_many_threads_share_one_paced_bucket_without_losing_a_call(fake: FakeClarifai) -> None:
+    limit = RateLimit(per_second=200, burst=5)
+    channel = insecure_channel(fake.target, PAT_CREDS, retry=FAST, rate_limit=limit)
+    stub = service_pb2_grpc.V2Stub(channel)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(10):
+                stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(T)
+    channel.close()
+    assert not errors
+    assert len(fake.calls_to(METHOD)) == 80
+    assert time.monotonic() - started >= (80 - 5) / 200 * 0.9
+
+
+# -- aio -------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_aio_pacing_never_blocks_the_event_loop(fake: FakeClarifai) -> None:
+    limit = RateLimit(per_second=50, burst=1)
+    lag = 0.0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal lag
+        while not stop.is_set():
+            before = time.monotonic()
+            await asyncio.sleep(0.005)
+            lag = max(lag, time.monotonic() - before - 0.005)
+
+    async with cia.insecure_channel(fake.target, PAT_CREDS, retry=FAST, rate_limit=limit) as ch:
+        stub = service_pb2_grpc.V2Stub(ch)
+        tick = asyncio.ensure_future(ticker())
+        started = time.monotonic()
+        await asyncio.gather(
+            *(stub.ListModels(service_pb2.ListModelsRequest(), timeout=T) for _ in range(25))
+        )
+        elapsed = time.monotonic() - started
+        stop.set()
+        await tick
+    assert elapsed >= 24 / 50 * 0.9
+    assert lag < 0.25  # generous: only a loop blocked for the waits would fail it
+
+
+@pytest.mark.asyncio
+async def test_aio_fail_fast_and_throttle_feedback(fake: FakeClarifai) -> None:
+    limit = RateLimit(per_second=0.5, max_wait=0)
+    async with cia.insecure_channel(fake.target, PAT_CREDS, retry=FAST, rate_limit=limit) as ch:
+        stub = service_pb2_grpc.V2Stub(ch)
+        await stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        with pytest.raises(grpc.RpcError) as refused:
+            await stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(fake.calls_to(METHOD)) == 1
+    fake.script(METHOD, Reply(throttled()), Reply(ok()))
+    async with cia.insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY) as ch:
+        stub = service_pb2_grpc.V2Stub(ch)
+        response = await stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        assert response.status.code == sc.CONN_THROTTLED  # one attempt, as asked
+    bucket = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret, fake.target)
+    assert bucket.active  # type: ignore[attr-defined]
+
+
+# -- hostile servers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hint", ["9223372036854775807", "9" * 5000, "1e9", "-0"])
+def test_a_huge_or_garbage_pushback_never_parks_a_call(fake: FakeClarifai, hint: str) -> None:
+    policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.2, jitter=0)
+    fake.set_default(
+        METHOD, Fail(grpc.StatusCode.UNAVAILABLE, "", (("grpc-retry-pushback-ms", hint),))
+    )
+    for _name, channel in sync_channels(fake, retry=policy):
+        stub = service_pb2_grpc.V2Stub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError):
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        future = stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
+        assert isinstance(future.exception(timeout=T), grpc.RpcError)
+        assert time.monotonic() - started < 5  # at most 4 waits of max_backoff each, twice
