@@ -9,9 +9,10 @@
 -- ARGV[4]  the fixed rate per second, or 0 for adaptive
 -- ARGV[5]  burst
 -- ARGV[6]  min_rate
--- acquire: ARGV[7] not_before (seconds from now), ARGV[8] max_wait ("" for none)
+-- ARGV[7]  initial_rate
+-- acquire: ARGV[8] not_before (seconds from now), ARGV[9] max_wait ("" for none)
 --          returns {1, wait, round, rate} or {0, wait, round, rate} when refused
--- feedback (a throttle): ARGV[7] the permit's round; returns {round, rate}
+-- feedback (a throttle): ARGV[8] the permit's round; returns {round, rate}
 -- peek: returns {active (0 or 1), rate}
 -- Numbers go out as strings with 17 digits: Redis would truncate a Lua number to an integer.
 
@@ -19,6 +20,7 @@ local GROWTH = 0.3 -- _limiter.GROWTH
 local K = ((1 - 0.7) / GROWTH) ^ (1 / 3) -- _limiter._K, from BETA = 0.7
 local WINDOW = 0.5 -- _limiter._WINDOW
 local SMOOTH = 0.8 -- _limiter._SMOOTH
+local STALL = 0.25 -- _limiter._STALL
 
 local key = KEYS[1]
 local op = ARGV[1]
@@ -33,6 +35,7 @@ end
 local per_second = tonumber(ARGV[4])
 local burst = tonumber(ARGV[5])
 local min_rate = tonumber(ARGV[6])
+local initial_rate = tonumber(ARGV[7])
 local adaptive = per_second == 0
 
 local function num(x)
@@ -40,7 +43,7 @@ local function num(x)
 end
 
 local stored = redis.call('HMGET', key, 'tat', 'since', 'count', 'measured', 'active',
-    'w_max', 'cut_at', 'round')
+    'w_max', 'cut_at', 'round', 'last')
 local new = stored[1] == false
 local tat = tonumber(stored[1]) or now
 local since = tonumber(stored[2]) or now
@@ -50,6 +53,7 @@ local active = stored[5] == '1' or not adaptive
 local w_max = tonumber(stored[6]) or per_second
 local cut_at = tonumber(stored[7]) or 0
 local round = tonumber(stored[8]) or 0
+local last = tonumber(stored[9]) or since
 
 local function current()
     if not adaptive then
@@ -61,6 +65,17 @@ local function current()
         rate = math.min(rate, 2.0 * measured)
     end
     return math.max(min_rate, rate)
+end
+
+local function sample(n, elapsed) -- LocalBucket._sample
+    if n > 0 and elapsed >= WINDOW / 5 then
+        local value = n / elapsed
+        if measured == 0 then
+            measured = value
+        else
+            measured = SMOOTH * measured + (1 - SMOOTH) * value
+        end
+    end
 end
 
 local function save(...)
@@ -78,7 +93,7 @@ end
 if op == 'acquire' then
     if not active then -- dormant: count the send, go now
         if new then
-            save('tat', num(tat), 'since', num(since), 'count', 1)
+            save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', 1)
         else
             save('count', count + 1)
         end
@@ -87,37 +102,37 @@ if op == 'acquire' then
     local rate = current()
     local interval = 1.0 / rate
     local tolerance = (burst - 1.0) * interval
-    local earliest = now + tonumber(ARGV[7])
+    local earliest = now + tonumber(ARGV[8])
     local at = math.max(earliest, tat - tolerance)
     local wait = at - now
-    if ARGV[8] ~= '' and wait > tonumber(ARGV[8]) then -- refused: nothing reserved
+    if ARGV[9] ~= '' and wait > tonumber(ARGV[9]) then -- refused: nothing reserved
         if new then
-            save('tat', num(tat), 'since', num(since), 'count', count)
+            save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', count)
         else
             redis.call('PEXPIRE', key, ttl)
         end
         return {0, num(wait), round, num(rate)}
     end
     tat = math.max(tat, at) + interval
-    count = count + 1 -- the send-rate estimate, as LocalBucket._count_send
-    local elapsed = now - since
-    if elapsed >= WINDOW then
-        if elapsed <= 4 * WINDOW then
-            local sample = count / elapsed
-            if measured == 0 then
-                measured = sample
-            else
-                measured = SMOOTH * measured + (1 - SMOOTH) * sample
-            end
-        end
+    -- the send-rate estimate, as LocalBucket._count_send: a stall closes the window
+    if now - last > STALL then
+        sample(count, last - since)
         since, count = now, 0
     end
-    save('tat', num(tat), 'since', num(since), 'count', count, 'measured', num(measured))
+    last = now
+    count = count + 1
+    local elapsed = now - since
+    if elapsed >= WINDOW then
+        sample(count, elapsed)
+        since, count = now, 0
+    end
+    save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', count,
+        'measured', num(measured))
     return {1, num(wait), round, num(rate)}
 end
 
-if op == 'feedback' then -- a throttle of an attempt sent under a permit of ARGV[7]'s round
-    if not adaptive or tonumber(ARGV[7]) ~= round then
+if op == 'feedback' then -- a throttle of an attempt sent under a permit of ARGV[8]'s round
+    if not adaptive or tonumber(ARGV[8]) ~= round then
         redis.call('PEXPIRE', key, ttl)
         return {round, num(active and current() or 0)}
     end
@@ -126,14 +141,15 @@ if op == 'feedback' then -- a throttle of an attempt sent under a permit of ARGV
         rate = current()
     else -- the first throttle: start from the rate the fleet was sending at
         local elapsed = math.max(now - since, WINDOW)
-        rate = math.max(min_rate, count / elapsed)
+        rate = math.max(initial_rate, count / elapsed)
         measured = rate
-        since, count = now, 0
+        since, count, last = now, 0, now
         tat = now
     end
     round = round + 1
-    save('tat', num(tat), 'since', num(since), 'count', count, 'measured', num(measured),
-        'active', 1, 'w_max', num(rate), 'cut_at', num(now), 'round', round)
+    save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', count,
+        'measured', num(measured), 'active', 1, 'w_max', num(rate), 'cut_at', num(now),
+        'round', round)
     w_max, cut_at = rate, now
     return {round, num(current())}
 end

@@ -288,7 +288,8 @@ class RedisBucket:
         #: Tests only: a clock for the script instead of Redis's TIME.
         self._clock: Callable[[], float] | None = None
         ttl_ms = max(1, round(store.ttl * 1000))
-        self._args = (ttl_ms, limit.per_second or 0, limit.burst, limit.min_rate)
+        per_second = limit.per_second or 0
+        self._args = (ttl_ms, per_second, limit.burst, limit.min_rate, limit.initial_rate)
 
     def _argv(self, op: str, *more: object) -> list[Any]:
         now = "" if self._clock is None else repr(self._clock())

@@ -112,6 +112,7 @@ _LIMIT = st.builds(
     per_second=st.one_of(st.none(), st.floats(0.5, 500)),
     burst=st.floats(1, 20),
     min_rate=st.floats(0.1, 5),
+    initial_rate=st.floats(0.1, 100),
     max_wait=st.none(),
 )
 
@@ -138,7 +139,21 @@ def _replay(
             local.feedback(ours, second)
             remote.feedback(theirs, second)
         assert local.rate() == remote.rate(), (step, limit)
+        assert _state(local) == _remote_state(remote), (step, limit)
     assert remote.store.fallbacks == 0
+
+
+_FIELDS = ("tat", "since", "last", "count", "measured", "round")
+
+
+def _state(bucket: LocalBucket) -> dict[str, float]:
+    return {name: float(getattr(bucket, "_" + name)) for name in _FIELDS}
+
+
+def _remote_state(bucket: RedisBucket) -> dict[str, float]:
+    client = bucket.store._script.registered_client  # type: ignore[union-attr]
+    stored = dict(zip(_FIELDS, client.hmget(bucket.key, _FIELDS), strict=True))
+    return {name: float(value or 0) for name, value in stored.items()}
 
 
 @settings(
@@ -166,6 +181,8 @@ def test_script_and_local_bucket_agree_through_a_scripted_adaptive_run(
     events += [(0.02, "acquire", 0.0, None) for _ in range(50)]
     events += [(0.0, "acquire", 0.0, 0.0), (0.0, "acquire", 0.3, 1.0)]  # refused; not_before
     events += [(0.01, "feedback", 0, True), (0.3, "feedback", 45, False)]  # stale; success
+    events += [(0.26, "acquire", 0.0, None) for _ in range(3)]  # just past a stall
+    events += [(t, "acquire", 0.0, None) for t in (0.055, 0.055, 0.3)]  # a 0.11 s window
     events += [(3.0, "acquire", 0.0, None), (0.1, "feedback", 93, True)]
     events += [(0.05, "acquire", 0.0, None) for _ in range(30)]
     _replay(limit, events, local, remote, clock)
