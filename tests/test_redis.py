@@ -18,18 +18,30 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import pytest_asyncio
 import redis
 import redis.asyncio
-from conftest import PAT
+from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
+from clarifai_grpc.grpc.api.status import status_code_pb2
+from conftest import PAT, PAT_CREDS, T
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis_server import RedisServer, frozen_permits, greedy
 
-from clarifai_interceptor import RateLimit
+import clarifai_interceptor.aio as cia
+from clarifai_interceptor import (
+    NO_RETRY,
+    Credentials,
+    RateLimit,
+    RateLimitedError,
+    insecure_channel,
+    use_credentials,
+)
 from clarifai_interceptor._limiter import LocalBucket, Permit, bucket_for, identity
 from clarifai_interceptor.redis import DEFAULT_PREFIX, RedisBucket, RedisStore
+from clarifai_interceptor.testing import FakeClarifai, Reply
 
 #: Seconds within which any call must return, even with Redis dead or hung: catches hangs only.
 HANG = 5.0
@@ -560,3 +572,102 @@ def test_a_store_is_a_store(make_store: Callable[..., RedisStore]) -> None:
     assert isinstance(bucket, RedisBucket)
     assert bucket.key.startswith(DEFAULT_PREFIX)
     assert "up" in repr(store)
+
+
+# --- End to end: channels to a real gRPC server, paced through Redis ---------------------------
+
+OTHER_CREDS = Credentials.from_pat("fake-other-pat-for-tests", user_id="u2", app_id="a2")
+
+
+def _list_models(channel: Any) -> Any:
+    return service_pb2_grpc.V2Stub(channel).ListModels(service_pb2.ListModelsRequest(), timeout=T)
+
+
+def test_channels_of_two_processes_pace_to_one_limit(
+    server: RedisServer, fake: FakeClarifai, make_store: Callable[..., RedisStore]
+) -> None:
+    """Two stores (as two processes), one PAT: the second's call is refused by the first's
+    permit; another PAT is not slowed; Redis holds neither secret."""
+
+    def channel() -> Any:
+        limit = RateLimit(per_second=0.5, max_wait=0, store=make_store())  # fail fast
+        return insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=limit)
+
+    one, two = channel(), channel()
+    try:
+        _list_models(one)
+        with pytest.raises(RateLimitedError) as refused:
+            _list_models(two)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        with use_credentials(OTHER_CREDS):
+            _list_models(two)
+    finally:
+        one.close()
+        two.close()
+    assert len(fake.calls_to("ListModels")) == 2
+    with server.client() as client:
+        keys = sorted(client.scan_iter("*"))
+        stored = b"".join(key + b"".join(client.hgetall(key).values()) for key in keys)
+    assert len(keys) == 2
+    assert all(key.startswith(DEFAULT_PREFIX.encode()) for key in keys)
+    assert PAT.encode() not in stored
+    assert OTHER_CREDS.secret.encode() not in stored
+
+
+def test_one_throttle_anywhere_wakes_every_process(
+    fake: FakeClarifai, make_store: Callable[..., RedisStore]
+) -> None:
+    throttled = service_pb2.MultiModelResponse()
+    throttled.status.code = status_code_pb2.CONN_THROTTLED
+    fake.script("ListModels", Reply(throttled))
+    first, second = RateLimit(store=make_store()), RateLimit(store=make_store())
+    channel = insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=first)
+    try:
+        assert _list_models(channel).status.code == status_code_pb2.CONN_THROTTLED
+    finally:
+        channel.close()
+    elsewhere = bucket_for(second, PAT_CREDS.secret, fake.target)  # the other "process"
+    assert isinstance(elsewhere, RedisBucket)
+    assert elsewhere.rate() == pytest.approx(first.initial_rate * 0.7, rel=0.1)
+    assert first.store.fallbacks == second.store.fallbacks == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("on_error", ["local", "fail"])
+def test_a_channel_with_redis_down(
+    own_server: RedisServer, fake: FakeClarifai, on_error: str
+) -> None:
+    store = RedisStore(own_server.url, on_error=on_error)  # type: ignore[arg-type]
+    own_server.kill()
+    limit = RateLimit(per_second=10, store=store)
+    channel = insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=limit)
+    try:
+        if on_error == "local":
+            assert _list_models(channel).status.code == status_code_pb2.SUCCESS
+        else:
+            with pytest.raises(RateLimitedError):
+                _list_models(channel)
+    finally:
+        channel.close()
+    assert len(fake.calls_to("ListModels")) == (1 if on_error == "local" else 0)
+    assert store.fallbacks == 1
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_aio_channels_pace_to_one_limit(server: RedisServer, fake: FakeClarifai) -> None:
+    stores = [RedisStore(server.url), RedisStore(server.url)]
+    limits = [RateLimit(per_second=0.5, max_wait=0, store=store) for store in stores]
+    async with (
+        cia.insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=limits[0]) as one,
+        cia.insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=limits[1]) as two,
+    ):
+        await service_pb2_grpc.V2Stub(one).ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        with pytest.raises(RateLimitedError):
+            await service_pb2_grpc.V2Stub(two).ListModels(
+                service_pb2.ListModelsRequest(), timeout=T
+            )
+    assert len(fake.calls_to("ListModels")) == 1
+    for store in stores:
+        assert store.fallbacks == 0
+        await store.aclose()
+        store.close()
