@@ -7,15 +7,14 @@ Cheaper per call than ``grpc.intercept_channel`` (no interceptor machinery), and
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from ._calls import response_stream, unary_response
-from ._context import CredentialsSource
+from ._context import RETRY, CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, RateLimitedError
 from ._metadata import Pairs, for_attempt
@@ -30,6 +29,7 @@ from ._retry import (
     run,
     time_left,
 )
+from ._target import check as check_target
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -50,7 +50,6 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", 1024 * 1024 * 1024),
     ("grpc.enable_retries", 0),
 )
-_TARGET_RE = re.compile(r"[^\s/]+")
 
 
 _NO_EXTRA: dict[str, Any] = {}
@@ -86,7 +85,7 @@ class _Callable:
     that needs it, one whose serializer appends ``user_app_id`` to `Filled` requests.
     """
 
-    __slots__ = ("_core", "_filling", "_make_filling", "_mc", "_method")
+    __slots__ = ("_core", "_filling", "_make_filling", "_mc", "_method", "_policy")
 
     def __init__(self, mc: Any, make_filling: Callable[[], Any], core: Core, method: str) -> None:
         self._mc = mc
@@ -94,6 +93,7 @@ class _Callable:
         self._filling: Any = None
         self._core = core
         self._method = method_name(method)
+        self._policy = core.method_policy(method)  # resolved once: every call pays nothing
 
     def _filling_mc(self) -> Any:
         """The multi-callable whose serializer also takes `Filled` requests."""
@@ -105,7 +105,7 @@ class _Callable:
         self, request: Any, streaming: bool, metadata: Any
     ) -> tuple[Any, Pairs, Callable[[], Any], RetryPolicy, Bucket | None]:
         pairs, credentials, limiter = self._core.resolve(metadata)
-        policy = self._core.policy()
+        policy = RETRY.get() or self._policy
         if not streaming:
             filled = fill_wrap(credentials, request)
             mc = self._mc if filled is request else self._filling_mc()
@@ -211,7 +211,8 @@ class _UnaryResponse(_Callable):
         core = self._core
         credentials = core.credentials_now()
         pairs = credentials.metadata
-        policy = core.policy()
+        policy = RETRY.get() or self._policy
+        started = time.monotonic()
         deadline = policy.deadline(timeout)
         filled = fill_wrap(credentials, request)
         mc = self._mc if filled is request else self._filling_mc()
@@ -230,7 +231,7 @@ class _UnaryResponse(_Callable):
             outcome = exc
         bucket = core.bucket(policy)
         if not final_at_once(policy, bucket, outcome):
-            attempts = core.attempts(policy, self._method, deadline, limiter, permit)
+            attempts = core.attempts(policy, self._method, deadline, limiter, permit, started)
 
             def attempt(number: int) -> Any:
                 try:
@@ -371,6 +372,7 @@ def wrap_channel(
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    policies: Mapping[str, RetryPolicy] | None = None,
 ) -> grpc.Channel:
     """A channel whose calls carry Clarifai credentials and retry transient failures.
 
@@ -384,6 +386,10 @@ def wrap_channel(
         retry: The default `RetryPolicy`; None for a single attempt.
         rate_limit: The client-side `RateLimit` (default: adaptive, dormant until the first
             throttle), shared per credential identity and target; None for none.
+        policies: Per-method policies: method names or patterns (``"PostInputs"``, ``"Post*"``,
+            ``"/clarifai.api.V2/*"``) to `RetryPolicy`; the most specific match wins, over
+            ``retry``. With the default ``retry``, reads and writes already differ (see
+            `READ_PATTERNS`).
 
     Raises:
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
@@ -393,31 +399,55 @@ def wrap_channel(
         raise TypeError("wrap_channel takes a sync grpc.Channel; use clarifai_interceptor.aio")
     if not callable(getattr(channel, "unary_unary", None)):
         raise TypeError(f"wrap_channel takes a grpc.Channel, not {type(channel).__name__}")
-    return _Channel(channel, Core(credentials, retry, rate_limit))
+    return _Channel(channel, Core(credentials, retry, rate_limit, "", policies))
 
 
 def resolve_target(target: str | None, environ: Mapping[str, str] | None = None) -> str:
     """``target``, else ``CLARIFAI_GRPC_BASE``, else `DEFAULT_TARGET`; port 443 if none given.
 
+    ``HOST``, ``HOST:PORT``, ``[IPV6]:PORT``, or a gRPC name as gRPC's naming doc gives them:
+    ``dns:[//AUTHORITY/]HOST[:PORT]``, ``unix:PATH``, ``unix:///ABSOLUTE_PATH``,
+    ``unix-abstract:NAME``, ``ipv4:ADDRESS[:PORT][,...]``, ``ipv6:[ADDRESS]:PORT[,...]``.
+
     Raises:
-        ValueError: The target is empty, has a scheme (``https://``) or whitespace.
+        ValueError: The target is empty, has an ``https://`` scheme, a path, whitespace, or a
+            port that is not a number from 1 to 65535; the message says which.
     """
     env = os.environ if environ is None else environ
     if target is None:
-        target = env.get("CLARIFAI_GRPC_BASE") or DEFAULT_TARGET
-    if not isinstance(target, str) or not _TARGET_RE.fullmatch(target):
-        raise ValueError(
-            f"target must be HOST or HOST:PORT (no scheme, path or whitespace), got {target!r}"
-        )
-    if ":" not in target.rsplit("]", 1)[-1]:
-        target += ":443"
-    return target
+        from_env = env.get("CLARIFAI_GRPC_BASE")
+        if from_env:
+            return check_target(from_env, " from CLARIFAI_GRPC_BASE")
+        target = DEFAULT_TARGET
+    return check_target(target)
 
 
 def channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """`CHANNEL_OPTIONS` with the caller's ``options`` taking precedence."""
+    """`CHANNEL_OPTIONS` with the caller's ``options`` taking precedence.
+
+    ``options`` is a sequence of ``(name, value)`` pairs (a mapping also does); None means
+    none, as in gRPC.
+
+    Raises:
+        TypeError: ``options`` is a str, or not a sequence at all.
+        ValueError: An entry is not a ``(name, value)`` pair with a str name.
+    """
+    if options is None:
+        options = ()
+    elif isinstance(options, Mapping):
+        options = list(options.items())
+    elif isinstance(options, str | bytes) or not isinstance(options, Iterable):
+        raise TypeError(
+            "options must be a sequence of (name, value) pairs, such as "
+            f"[('grpc.enable_retries', 0)], not a {type(options).__name__}"
+        )
     merged = dict(CHANNEL_OPTIONS)
-    merged.update(dict(options))
+    for number, entry in enumerate(options):
+        if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ValueError(
+                f"options entry {number} is not a (name, value) pair with a str name: {entry!r:.80}"
+            )
+        merged[entry[0]] = entry[1]
     return list(merged.items())
 
 
@@ -427,6 +457,7 @@ def secure_channel(
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    policies: Mapping[str, RetryPolicy] | None = None,
     root_certificates: bytes | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
@@ -444,7 +475,7 @@ def secure_channel(
         ValueError: The target is malformed.
     """
     target = resolve_target(target)
-    core = Core(credentials, retry, rate_limit, target)
+    core = Core(credentials, retry, rate_limit, target, policies)
     channel = grpc.secure_channel(
         target,
         grpc.ssl_channel_credentials(root_certificates),
@@ -459,6 +490,7 @@ def insecure_channel(
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    policies: Mapping[str, RetryPolicy] | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
     """A plain-TCP channel (local servers, tests), otherwise like `secure_channel`.
@@ -470,6 +502,6 @@ def insecure_channel(
     if target is None:
         raise ValueError("insecure_channel needs a target (HOST:PORT)")
     target = resolve_target(target)
-    core = Core(credentials, retry, rate_limit, target)
+    core = Core(credentials, retry, rate_limit, target, policies)
     channel = grpc.insecure_channel(target, options=channel_options(options))
     return _Channel(channel, core)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,11 +29,44 @@ RETRY: ContextVar[RetryPolicy | None] = ContextVar("clarifai_interceptor.retry",
 
 
 def check_source(credentials: object) -> None:
-    if not (isinstance(credentials, Credentials) or callable(credentials)):
+    """Refuse what cannot give credentials: not `Credentials`, nor callable with no arguments.
+
+    Raises:
+        TypeError: ``credentials`` is neither, takes required arguments, or is a coroutine
+            function (a provider is called synchronously, on every call).
+    """
+    if isinstance(credentials, Credentials):
+        return
+    if not callable(credentials):
         raise TypeError(
             "credentials must be a Credentials or a zero-argument callable returning one, "
             f"not {type(credentials).__name__}"
         )
+    name = getattr(credentials, "__qualname__", type(credentials).__name__)
+    if inspect.iscoroutinefunction(credentials) or inspect.iscoroutinefunction(
+        getattr(credentials, "__call__", None)  # noqa: B004 (its __call__ method, not callable())
+    ):
+        raise TypeError(
+            f"the credentials provider {name} is a coroutine function: providers are called "
+            "synchronously on every call and must return Credentials"
+        )
+    try:
+        signature = inspect.signature(credentials)
+    except (TypeError, ValueError):  # a builtin without a signature: judged when called
+        return
+    try:
+        signature.bind()
+    except TypeError:
+        required = [
+            parameter.name
+            for parameter in signature.parameters.values()
+            if parameter.default is parameter.empty
+            and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        ]
+        raise TypeError(
+            f"the credentials provider {name} is called with no arguments, but it requires "
+            f"{', '.join(required)}"
+        ) from None
 
 
 @contextmanager

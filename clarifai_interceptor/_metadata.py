@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._credentials import CREDENTIAL_KEYS, Credentials
 from ._retry import ATTEMPT_HEADER
+from ._secret import CredentialPair, Pairs
 
 __all__ = ["Pairs", "for_attempt", "merge", "validate"]
-
-Pairs = tuple[tuple[str, Any], ...]
 
 # What grpc-core accepts; anything else fails at call time as an opaque INTERNAL.
 _KEY_RE = re.compile(r"[0-9a-z_.\-]+")
@@ -45,21 +44,53 @@ def merge(
     """The metadata to send, and whether the credentials' headers were added.
 
     A credential header the caller passed wins: then nothing is added (exactly one is sent).
+    Either way the result is `Pairs`, whose repr redacts credential values.
+
+    Raises:
+        ValueError: ``metadata`` is not a collection of ``(key, value)`` pairs, or an entry is
+            one gRPC would refuse (named by its position or key, never its value).
     """
     if not metadata:  # None, or empty (grpc.aio passes an empty Metadata)
         return credentials.metadata, True
+    kind = type(metadata)
+    if (
+        kind is not tuple
+        and kind is not list
+        and (isinstance(metadata, str | bytes | Mapping) or not isinstance(metadata, Iterable))
+    ):
+        raise ValueError(
+            f"metadata must be a sequence of (key, value) pairs, not a {type(metadata).__name__}"
+        )
     pairs = tuple(metadata)
     add = True
-    for key, value in pairs:
+    for pair in pairs:
+        if type(pair) is not tuple or len(pair) != 2:
+            _check_pair(pairs, pair)
+        key, value = pair
         validate(key, value)
         if key in CREDENTIAL_KEYS:
             add = False
-    return (pairs + credentials.metadata if add else pairs), add
+    if add:
+        return Pairs((*pairs, *credentials.metadata)), True
+    # The caller's own credential header: ours to carry, so it prints redacted too.
+    return Pairs(CredentialPair(p) if p[0] in CREDENTIAL_KEYS else p for p in pairs), False
+
+
+def _check_pair(pairs: tuple[Any, ...], pair: object) -> None:
+    """Refuse an entry that is not a pair, naming its position and type (never its value)."""
+    if isinstance(pair, list) and len(pair) == 2:
+        return
+    size = f" of length {len(pair)}" if isinstance(pair, tuple | list | str) else ""
+    number = next(i for i, entry in enumerate(pairs) if entry is pair)
+    raise ValueError(
+        f"metadata entry {number} is not a (key, value) pair: a {type(pair).__name__}{size}"
+    )
 
 
 def for_attempt(pairs: Pairs, number: int) -> Pairs:
     """The metadata for attempt ``number``: retry k carries ``x-retry-attempt: k``."""
     if number == 1:
         return pairs
-    kept = tuple(pair for pair in pairs if pair[0] != ATTEMPT_HEADER)  # one, ours, on a retry
-    return (*kept, (ATTEMPT_HEADER, str(number - 1)))
+    kept = [pair for pair in pairs if pair[0] != ATTEMPT_HEADER]  # one, ours, on a retry
+    kept.append((ATTEMPT_HEADER, str(number - 1)))
+    return Pairs(kept)

@@ -187,9 +187,13 @@ class RetryPolicy:
         multiplier: Growth of the backoff per retry (>= 1).
         max_backoff: Cap on the backoff, before jitter.
         jitter: The largest fraction by which a wait is randomly shortened, from 0 to 1.
-        timeout: Seconds for the whole call, attempts and waits together, or None. The call's
-            own ``timeout=`` also applies; whichever ends sooner wins. For calls with a response
-            stream it bounds only the retrying, not the stream itself.
+        timeout: Seconds after the call began past which no new attempt starts (the retry
+            window), or None. It never cuts an attempt: a call nobody bounded is not bounded
+            by us (no gRPC deadline is sent unless the caller or ``total_timeout`` sets one).
+        total_timeout: A hard deadline for the whole call, attempts and waits together, sent
+            to the server as each attempt's gRPC deadline; None (the default) for none. The
+            call's own ``timeout=`` also applies; whichever ends sooner wins. For calls with a
+            response stream it bounds only the retrying, not the stream itself.
         retryable_codes: gRPC status codes that are retried.
         retryable_statuses: Clarifai in-body ``status.code`` values that are retried.
         throttle_codes: gRPC codes that are throttles (e.g. ``RESOURCE_EXHAUSTED``): retried,
@@ -210,6 +214,7 @@ class RetryPolicy:
     max_backoff: float = 5.0
     jitter: float = 0.2
     timeout: float | None = 30.0
+    total_timeout: float | None = None
     retryable_codes: frozenset[grpc.StatusCode] = field(default=DEFAULT_RETRYABLE_CODES)
     retryable_statuses: frozenset[int] = field(default=DEFAULT_RETRYABLE_STATUSES)
     throttle_codes: frozenset[grpc.StatusCode] = frozenset()
@@ -229,8 +234,9 @@ class RetryPolicy:
         _number("throttle_backoff", self.throttle_backoff, low=0)
         if self.jitter > 1:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
-        if self.timeout is not None:
-            _number("timeout", self.timeout, low=0, allow_low=False)
+        for name in ("timeout", "total_timeout"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name), low=0, allow_low=False)
         for name in ("retryable_codes", "throttle_codes"):
             codes = self._set(name, getattr(self, name), grpc.StatusCode)
             bad = sorted(c.name for c in codes & (NEVER_RETRIED_CODES | {grpc.StatusCode.OK}))
@@ -259,6 +265,8 @@ class RetryPolicy:
         for value in result:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"{name} must hold only {kind.__name__} values, got {value!r}")
+        if kind is int:
+            _known_statuses(name, result)
         object.__setattr__(self, name, result)
         return result
 
@@ -310,10 +318,22 @@ class RetryPolicy:
         return getattr(getattr(outcome, "status", None), "code", None) in self.throttle_statuses
 
     def deadline(self, timeout: float | None) -> float | None:
-        """The monotonic time by which the whole call must end, or None."""
-        if self.timeout is not None and (timeout is None or self.timeout < timeout):
-            timeout = self.timeout
+        """The monotonic time by which the whole call must end (the caller's ``timeout`` or
+        ``total_timeout``, whichever is sooner), or None."""
+        total = self.total_timeout
+        if total is not None and (timeout is None or total < timeout):
+            timeout = total
         return None if timeout is None else time.monotonic() + timeout
+
+
+def _known_statuses(name: str, statuses: frozenset[int]) -> None:
+    """Refuse a status code the installed ``clarifai_grpc`` does not know (a typo, never sent)."""
+    unknown = sorted(statuses - set(_sc.StatusCode.values()))
+    if unknown:
+        raise ValueError(
+            f"{name} holds codes that are not Clarifai statuses: {unknown}; use the values of "
+            "clarifai_grpc's status_code_pb2, such as status_code_pb2.CONN_THROTTLED"
+        )
 
 
 #: A policy that makes a single attempt.
@@ -467,6 +487,7 @@ class Attempts:
         "number",
         "permit",
         "policy",
+        "retry_until",
         "throttled",
     )
 
@@ -479,10 +500,18 @@ class Attempts:
         limiter: Bucket | None = None,
         permit: Permit | None = None,
         limit_wait: float | None = None,
+        started: float | None = None,
     ) -> None:
         self.policy = policy
         self.method = method
         self.deadline = deadline
+        #: No new attempt starts past this: the policy's retry window, or the deadline.
+        self.retry_until = deadline
+        window = policy.timeout
+        if window is not None:
+            until = (time.monotonic() if started is None else started) + window
+            if deadline is None or until < deadline:
+                self.retry_until = until
         self.bucket = bucket
         self.limiter = limiter
         self.permit = permit
@@ -495,7 +524,8 @@ class Attempts:
         self._retry: Retry | None = None
 
     def _bound(self, not_before: float) -> float | None:
-        return permit_bound(self.deadline, self.limit_wait, not_before)
+        """The longest wait for a retry's permit: no retry starts past the window."""
+        return permit_bound(self.retry_until, self.limit_wait, not_before)
 
     def first(self) -> float:
         """Seconds to wait before the first attempt (the rate limiter's pacing).
@@ -506,7 +536,7 @@ class Attempts:
         limiter = self.limiter
         if limiter is None:
             return 0.0
-        bound = self._bound(0.0)
+        bound = permit_bound(self.deadline, self.limit_wait)
         permit = limiter.acquire(0.0, bound)
         if permit is None:
             raise RateLimitedError(bound)
@@ -518,7 +548,7 @@ class Attempts:
         limiter = self.limiter
         if limiter is None:
             return 0.0
-        bound = self._bound(0.0)
+        bound = permit_bound(self.deadline, self.limit_wait)
         permit = await limiter.acquire_async(0.0, bound)
         if permit is None:
             raise RateLimitedError(bound)
@@ -539,7 +569,7 @@ class Attempts:
         if not transient:
             return None, throttled
         if self._retry is None:
-            self._retry = Retry(policy, self.deadline, self.bucket)
+            self._retry = Retry(policy, self.retry_until, self.bucket)
         wait = self._retry.after(outcome)
         if wait is None:
             self.cut_by = self._why_stopped(outcome)

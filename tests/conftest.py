@@ -5,6 +5,7 @@ Secrets here are obviously fake. Retry waits are zero (``FAST``): tests never sl
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from clarifai_grpc.grpc.api import service_pb2_grpc
 from clarifai_interceptor import (
     ClarifaiInterceptor,
     Credentials,
+    NoUserIdWarning,
     RetryPolicy,
     _limiter,
     wrap_channel,
@@ -39,6 +41,9 @@ SESSION_TOKEN = "fake-session-token-for-tests"
 PAT_CREDS = Credentials.from_pat(PAT, user_id=USER, app_id=APP)
 KEY_CREDS = Credentials.from_api_key(API_KEY)
 SESSION_CREDS = Credentials.from_session_token(SESSION_TOKEN, user_id=USER, app_id=APP)
+with warnings.catch_warnings():  # a PAT without a user warns once per process; not here
+    warnings.simplefilter("ignore", NoUserIdWarning)
+    PAT_NO_USER = Credentials.from_pat(PAT)
 
 #: The default policy with zero waits: retries happen at once.
 FAST = RetryPolicy(initial_backoff=0, throttle_backoff=0, jitter=0)

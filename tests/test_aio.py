@@ -34,6 +34,7 @@ from conftest import (
     KEY_CREDS,
     PAT,
     PAT_CREDS,
+    PAT_NO_USER,
     SESSION_CREDS,
     SESSION_TOKEN,
     USER,
@@ -632,7 +633,7 @@ async def test_compression_passes_through(aio_path: AioPath, fake: FakeClarifai)
         (PAT_CREDS, UAI),
         (SESSION_CREDS, UAI),
         (Credentials.from_pat(PAT, user_id=USER), resources_pb2.UserAppIDSet(user_id=USER)),
-        (Credentials.from_pat(PAT), None),
+        (PAT_NO_USER, None),
         (KEY_CREDS, None),
     ],
     ids=["pat", "session_token", "pat_user_only", "pat_no_user", "api_key"],
@@ -875,11 +876,11 @@ async def test_no_wait_runs_past_the_policy_timeout(aio_path: AioPath, fake: Fak
 @pytest.mark.parametrize(
     ("policy", "timeout"),
     [
-        (RetryPolicy(initial_backoff=0, jitter=0, timeout=0.5), T),
+        (RetryPolicy(initial_backoff=0, jitter=0, total_timeout=0.5), T),
         (RetryPolicy(initial_backoff=0, jitter=0, timeout=None), 0.5),
         (RetryPolicy(initial_backoff=0, jitter=0, timeout=30), 0.5),
     ],
-    ids=["policy_timeout", "call_timeout", "call_timeout_shorter"],
+    ids=["total_timeout", "call_timeout", "call_timeout_shorter"],
 )
 async def test_each_attempt_gets_only_the_time_left(
     aio_path: AioPath, fake: FakeClarifai, policy: RetryPolicy, timeout: float
@@ -900,11 +901,11 @@ async def test_each_attempt_gets_only_the_time_left(
 
 
 @pytest.mark.asyncio
-async def test_policy_timeout_bounds_a_retried_attempt_that_hangs(
+async def test_total_timeout_bounds_a_retried_attempt_that_hangs(
     aio_path: AioPath, fake: FakeClarifai
 ) -> None:
     # Without a per-attempt deadline the second attempt would wait T s and then succeed.
-    policy = RetryPolicy(initial_backoff=0.3, jitter=0, timeout=1.0)
+    policy = RetryPolicy(initial_backoff=0.3, jitter=0, total_timeout=1.0)
     fake.script("PostModelOutputs", UNAVAILABLE, Delay(T, Reply(output("too late"))))
     async with aio_path.stub(retry=policy) as stub:
         with pytest.raises(grpc.RpcError) as failure:

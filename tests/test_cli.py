@@ -21,6 +21,9 @@ from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
 from clarifai_interceptor.__main__ import DEMO_NARROW_KEY, DEMO_PAT, main
 from clarifai_interceptor.testing import Delay, Fail, FakeClarifai, Outcome, Status
 
+# Most cases here give a PAT without CLARIFAI_USER_ID (MyScopes needs no user_app_id).
+pytestmark = pytest.mark.filterwarnings("ignore::clarifai_interceptor.NoUserIdWarning")
+
 CLI_PAT = "fake-cli-pat"
 UNKNOWN = "fake-unknown-secret"
 SCOPES = ["Apps_Get", "Concepts_Get", "Models_Get", "Predict"]  # what PostModelOutputs needs

@@ -51,7 +51,7 @@ def test_body_statuses_are_still_retried(fake: FakeClarifai) -> None:
     assert response.status.code == status_code_pb2.SUCCESS
     calls = fake.calls_to("ListModels")
     assert len(calls) == 3
-    assert calls[0].headers("authorization") == [f"Key {PAT_CREDS.secret}"]
+    assert calls[0].headers("authorization") == [f"Key {PAT_CREDS.secret.reveal()}"]
 
 
 def test_a_base_with_a_scheme_is_refused_as_clarifai_channel_does() -> None:

@@ -250,14 +250,16 @@ def test_rate_limit_of_the_wrong_type_is_refused_when_the_channel_is_built() -> 
 
 
 def test_identity_is_a_digest_that_names_no_secret() -> None:
-    key = identity(PAT_CREDS.secret, "localhost:1", RateLimit())
-    assert PAT_CREDS.secret not in key
+    key = identity(PAT_CREDS.secret.reveal(), "localhost:1", RateLimit())
+    assert PAT_CREDS.secret.reveal() not in key
     assert len(key) == 32
-    assert key != identity(OTHER_CREDS.secret, "localhost:1", RateLimit())
-    assert key != identity(PAT_CREDS.secret, "localhost:2", RateLimit())
+    assert key != identity(OTHER_CREDS.secret.reveal(), "localhost:1", RateLimit())
+    assert key != identity(PAT_CREDS.secret.reveal(), "localhost:2", RateLimit())
     # A shared key widens the limit across secrets.
     shared = RateLimit(key="team")
-    assert identity(PAT_CREDS.secret, "t", shared) == identity(OTHER_CREDS.secret, "t", shared)
+    assert identity(PAT_CREDS.secret.reveal(), "t", shared) == identity(
+        OTHER_CREDS.secret.reveal(), "t", shared
+    )
 
 
 def test_two_channels_with_one_secret_share_a_bucket_and_other_secrets_do_not(
@@ -268,8 +270,8 @@ def test_two_channels_with_one_secret_share_a_bucket_and_other_secrets_do_not(
     try:
         for channel in (one, two):
             service_pb2_grpc.V2Stub(channel).ListModels(service_pb2.ListModelsRequest(), timeout=T)
-        ours = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret, fake.target)
-        theirs = bucket_for(_limiter.DEFAULT_RATE_LIMIT, OTHER_CREDS.secret, fake.target)
+        ours = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret.reveal(), fake.target)
+        theirs = bucket_for(_limiter.DEFAULT_RATE_LIMIT, OTHER_CREDS.secret.reveal(), fake.target)
         assert ours is not theirs
         assert [bucket for _key, bucket in _limiter.buckets()] == [ours, theirs]
     finally:
@@ -399,7 +401,7 @@ def test_a_throttle_wakes_the_adaptive_limiter_on_every_front_end(
             else:
                 future = stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
                 future.result(timeout=T)
-            bucket = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret, "")
+            bucket = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret.reveal(), "")
             deadline = time.monotonic() + T  # a future's done-callback runs on gRPC's thread
             while not bucket.active and time.monotonic() < deadline:  # type: ignore[attr-defined]
                 time.sleep(0.01)
@@ -436,7 +438,7 @@ def test_a_server_resource_exhausted_marked_as_throttle_is_retried(fake: FakeCla
     finally:
         channel.close()
     assert len(fake.calls_to(METHOD)) == 2
-    bucket = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret, fake.target)
+    bucket = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret.reveal(), fake.target)
     assert bucket.active  # type: ignore[attr-defined]
 
 
@@ -520,7 +522,7 @@ async def test_aio_fail_fast_and_throttle_feedback(fake: FakeClarifai) -> None:
         stub = service_pb2_grpc.V2Stub(ch)
         response = await stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
         assert response.status.code == sc.CONN_THROTTLED  # one attempt, as asked
-    bucket = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret, fake.target)
+    bucket = bucket_for(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret.reveal(), fake.target)
     assert bucket.active  # type: ignore[attr-defined]
 
 

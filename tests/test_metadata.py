@@ -102,6 +102,7 @@ def test_fill_copy_fills_a_copy_and_never_mutates() -> None:
     assert not request.HasField("user_app_id")
 
 
+@pytest.mark.filterwarnings("ignore::clarifai_interceptor.NoUserIdWarning")
 def test_fill_leaves_set_fields_and_api_keys_and_other_messages_alone() -> None:
     theirs = service_pb2.PostModelOutputsRequest(
         user_app_id=resources_pb2.UserAppIDSet(user_id="other", app_id="app")

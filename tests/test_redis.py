@@ -611,7 +611,7 @@ def test_channels_of_two_processes_pace_to_one_limit(
     assert len(keys) == 2
     assert all(key.startswith(DEFAULT_PREFIX.encode()) for key in keys)
     assert PAT.encode() not in stored
-    assert OTHER_CREDS.secret.encode() not in stored
+    assert OTHER_CREDS.secret.reveal().encode() not in stored
 
 
 def test_one_throttle_anywhere_wakes_every_process(
@@ -626,7 +626,7 @@ def test_one_throttle_anywhere_wakes_every_process(
         assert _list_models(channel).status.code == status_code_pb2.CONN_THROTTLED
     finally:
         channel.close()
-    elsewhere = bucket_for(second, PAT_CREDS.secret, fake.target)  # the other "process"
+    elsewhere = bucket_for(second, PAT, fake.target)  # the other "process"
     assert isinstance(elsewhere, RedisBucket)
     assert elsewhere.rate() == pytest.approx(first.initial_rate * 0.7, rel=0.1)
     assert first.store.fallbacks == second.store.fallbacks == 0  # type: ignore[union-attr]

@@ -403,7 +403,7 @@ OLD = Credentials.from_pat("fake-old-pat-before-rotation", user_id="user-old", a
 NEW = Credentials.from_pat("fake-new-pat-after-rotation", user_id="user-new", app_id="app")
 #: The secret the broken provider's error names; built as Credentials, so the secrets guard
 #: tracks it too.
-LEAKY = Credentials.from_pat("fake-pat-the-provider-leaks", user_id="user-leaky").secret
+LEAKY = Credentials.from_pat("fake-pat-the-provider-leaks", user_id="user-leaky").secret.reveal()
 
 
 class Rotating:
@@ -447,8 +447,8 @@ def test_rotated_credentials_apply_without_a_new_channel(
     for _ in range(3):
         call_style(stub, style)
     sent = [sent_as(call) for call in fake.calls_to(method_of(style))]
-    old = (OLD.secret, "user-old")
-    new = (NEW.secret, "user-new")
+    old = (OLD.secret.reveal(), "user-old")
+    new = (NEW.secret.reveal(), "user-new")
     assert sent == [old] * 3 + [new] * 4
     assert provider.asked == 6  # once per call, not per attempt
 
@@ -462,7 +462,7 @@ async def test_rotated_credentials_apply_on_aio(kind: str, fake: FakeClarifai) -
         provider.current = NEW
         await list_models(stub)
     sent = [sent_as(call) for call in fake.calls_to("ListModels")]
-    assert sent == [(OLD.secret, "user-old"), (NEW.secret, "user-new")]
+    assert sent == [(OLD.secret.reveal(), "user-old"), (NEW.secret.reveal(), "user-new")]
 
 
 def check_provider_error(exc: BaseException, provider: Broken, fake: FakeClarifai) -> None:
@@ -1117,11 +1117,11 @@ def test_no_failure_pattern_overruns_the_call_deadline(pattern: str) -> None:
     """
     outcomes, policy = PATTERNS[pattern]
     runs: dict[str, Callable[[], float]] = {}
-    for source in ("call timeout", "policy timeout"):
+    for source in ("call timeout", "total_timeout"):
         if source == "call timeout":
             retry, timeout = policy, DEADLINE
         else:
-            retry, timeout = dataclasses.replace(policy, timeout=DEADLINE), T
+            retry, timeout = dataclasses.replace(policy, total_timeout=DEADLINE), T
         for kind in ("interceptor", "wrapper"):
             for style in ("call", "future"):
                 runs[f"{kind} {style}, {source}"] = functools.partial(

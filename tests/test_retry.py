@@ -180,15 +180,27 @@ def test_transient_classification() -> None:
     assert not policy.transient(object())  # a response type without status
 
 
-def test_deadline_is_the_sooner_of_policy_and_call() -> None:
+def test_deadline_is_the_sooner_of_total_timeout_and_call() -> None:
     now = time.monotonic()
-    deadline = RetryPolicy(timeout=30).deadline(2)
+    deadline = RetryPolicy(total_timeout=30).deadline(2)
     assert deadline is not None
     assert now + 1.9 < deadline < now + 2.5
-    deadline = RetryPolicy(timeout=1).deadline(None)
+    deadline = RetryPolicy(total_timeout=1).deadline(None)
     assert deadline is not None
     assert deadline < now + 1.5
-    assert RetryPolicy(timeout=None).deadline(None) is None
+    # The retry window (timeout) is no deadline: a call nobody bounded is not bounded by us.
+    assert RetryPolicy(timeout=1).deadline(None) is None
+    assert RetryPolicy().deadline(None) is None
+    assert NO_RETRY.deadline(None) is None
+
+
+def test_the_retry_window_stops_new_attempts_but_cuts_none() -> None:
+    attempts = Attempts(RetryPolicy(timeout=0.05, initial_backoff=0, jitter=0), "M", None)
+    assert attempts.deadline is None
+    assert attempts.after(UNAVAILABLE) == 0  # inside the window: retried
+    time.sleep(0.06)
+    assert attempts.after(UNAVAILABLE) is None  # past it: the last outcome is final
+    assert attempts.cut_by == "deadline"
     assert time_left(None) is None
     assert time_left(time.monotonic() - 5) == 0.0
 

@@ -32,6 +32,7 @@ from conftest import (
     KEY_CREDS,
     PAT,
     PAT_CREDS,
+    PAT_NO_USER,
     SESSION_CREDS,
     SESSION_TOKEN,
     USER,
@@ -435,7 +436,7 @@ def test_empty_user_app_id_is_filled_and_nothing_else_changes(
         (PAT_CREDS, UAI),
         (SESSION_CREDS, UAI),
         (Credentials.from_pat(PAT, user_id=USER), resources_pb2.UserAppIDSet(user_id=USER)),
-        (Credentials.from_pat(PAT), None),
+        (PAT_NO_USER, None),
         (KEY_CREDS, None),
     ],
     ids=["pat", "session_token", "pat_user_only", "pat_no_user", "api_key"],
@@ -715,11 +716,11 @@ def test_call_timeout_bounds_all_attempts_and_waits(path: Path, fake: FakeClarif
 @pytest.mark.parametrize(
     ("policy", "timeout"),
     [
-        (RetryPolicy(initial_backoff=0, jitter=0, timeout=0.5), T),
+        (RetryPolicy(initial_backoff=0, jitter=0, total_timeout=0.5), T),
         (RetryPolicy(initial_backoff=0, jitter=0, timeout=None), 0.5),
         (RetryPolicy(initial_backoff=0, jitter=0, timeout=30), 0.5),
     ],
-    ids=["policy_timeout", "call_timeout", "call_timeout_shorter"],
+    ids=["total_timeout", "call_timeout", "call_timeout_shorter"],
 )
 def test_each_attempt_gets_only_the_time_left(
     path: Path, fake: FakeClarifai, policy: RetryPolicy, timeout: float
