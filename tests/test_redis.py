@@ -40,6 +40,7 @@ from clarifai_interceptor import (
     use_credentials,
 )
 from clarifai_interceptor._limiter import LocalBucket, Permit, bucket_for, identity
+from clarifai_interceptor.instrumentation._figures import limiter_rates
 from clarifai_interceptor.redis import DEFAULT_PREFIX, RedisBucket, RedisStore
 from clarifai_interceptor.testing import FakeClarifai, Reply
 
@@ -630,6 +631,10 @@ def test_one_throttle_anywhere_wakes_every_process(
     assert isinstance(elsewhere, RedisBucket)
     assert elsewhere.rate() == pytest.approx(first.initial_rate * 0.7, rel=0.1)
     assert first.store.fallbacks == second.store.fallbacks == 0  # type: ignore[union-attr]
+    # The gauges read the shared rate through the bucket.
+    rates = limiter_rates()
+    assert list(rates) == [identity(PAT, fake.target, first)]
+    assert next(iter(rates.values())) == pytest.approx(first.initial_rate * 0.7, rel=0.1)
 
 
 @pytest.mark.parametrize("on_error", ["local", "fail"])
