@@ -395,7 +395,9 @@ def test_a_hung_redis_costs_one_timeout_not_one_per_call(
     pid = own_server.process.pid
     results = _run_threads(bucket, lambda: os.kill(pid, signal.SIGSTOP))
     assert all(permit is not None for permit, _ in results)
-    slow = [seconds for _, seconds in results if seconds > 0.1]
+    # A call that waited out the 0.2 s socket timeout (a loaded machine adds its own delays,
+    # but not of that size to every call).
+    slow = [seconds for _, seconds in results if seconds >= 0.19]
     assert 1 <= len(slow) <= 6 + 3, "timeouts piled up per call"  # in flight + a few probes
     assert max(slow) < HANG
     assert len(_warnings(caplog)) == 1
