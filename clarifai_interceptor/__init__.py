@@ -10,9 +10,11 @@ from ._credentials import MAX_SECRET_LENGTH, Credentials, Secret
 from ._grpc_channel import clarifai_channel
 from ._interceptor import ClarifaiInterceptor
 from ._limiter import DEFAULT_RATE_LIMIT, RateLimit, RateLimitedError
+from ._methods import READ_PATTERNS, READ_RETRY, WRITE_RETRY
 from ._retry import (
     DEFAULT_RETRYABLE_CODES,
     DEFAULT_RETRYABLE_STATUSES,
+    DEFAULT_THROTTLE_STATUSES,
     NEVER_RETRIED_CODES,
     NEVER_RETRIED_STATUSES,
     NO_RETRY,
@@ -27,10 +29,14 @@ __all__ = [
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_RETRYABLE_CODES",
     "DEFAULT_RETRYABLE_STATUSES",
+    "DEFAULT_THROTTLE_STATUSES",
     "MAX_SECRET_LENGTH",
     "NEVER_RETRIED_CODES",
     "NEVER_RETRIED_STATUSES",
     "NO_RETRY",
+    "READ_PATTERNS",
+    "READ_RETRY",
+    "WRITE_RETRY",
     "ClarifaiInterceptor",
     "Credentials",
     "CredentialsProviderError",

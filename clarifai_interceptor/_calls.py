@@ -98,6 +98,7 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             if self._cancelled:
                 return
             previous = self._call
+            self._attempts.resume()
             try:
                 self._call = call = self._start(self._attempts.number)
             except Exception as exc:  # e.g. the channel was closed during the wait
@@ -341,7 +342,10 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
                 outcome = _END
             except grpc.RpcError as exc:
                 outcome = exc
-            if outcome is _END or self._cancelled:
+            if self._cancelled:  # cancelled before the first read: it ends cancelled, however
+                self._call = outcome = CancelledCall()  # the attempt itself ended
+                break
+            if outcome is _END:
                 break
             wait = self._attempts.after(outcome)
             if wait is None:
@@ -350,6 +354,7 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
             if self._sleep(wait):
                 self._call = outcome = CancelledCall()
                 break
+            self._attempts.resume()
             self._call = self._start(self._attempts.number)
         self._committed = True
         for callback in self._callbacks:

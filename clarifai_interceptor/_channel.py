@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 
 from ._calls import response_stream, unary_response
-from ._context import CredentialsSource
+from ._context import RETRY, CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, RateLimitedError
 from ._metadata import Pairs, for_attempt
@@ -24,11 +24,13 @@ from ._retry import (
     RetryPolicy,
     final_at_once,
     follow,
+    for_testing,
     method_name,
     permit_bound,
     run,
     time_left,
 )
+from ._switch import TESTING
 from ._target import check as check_target
 
 __all__ = [
@@ -85,7 +87,7 @@ class _Callable:
     that needs it, one whose serializer appends ``user_app_id`` to `Filled` requests.
     """
 
-    __slots__ = ("_core", "_filling", "_make_filling", "_mc", "_method")
+    __slots__ = ("_core", "_filling", "_make_filling", "_mc", "_method", "_policy")
 
     def __init__(self, mc: Any, make_filling: Callable[[], Any], core: Core, method: str) -> None:
         self._mc = mc
@@ -93,6 +95,7 @@ class _Callable:
         self._filling: Any = None
         self._core = core
         self._method = method_name(method)
+        self._policy = core.method_policy(method)  # resolved once: every call pays nothing
 
     def _filling_mc(self) -> Any:
         """The multi-callable whose serializer also takes `Filled` requests."""
@@ -104,7 +107,9 @@ class _Callable:
         self, request: Any, streaming: bool, metadata: Any
     ) -> tuple[Any, Pairs, Callable[[], Any], RetryPolicy, Bucket | None]:
         pairs, credentials, limiter = self._core.resolve(metadata)
-        policy = self._core.policy()
+        policy = RETRY.get() or self._policy
+        if TESTING.active:
+            policy = for_testing(policy)
         if not streaming:
             filled = fill_wrap(credentials, request)
             mc = self._mc if filled is request else self._filling_mc()
@@ -210,7 +215,9 @@ class _UnaryResponse(_Callable):
         core = self._core
         credentials = core.credentials_now()
         pairs = credentials.metadata
-        policy = core.policy()
+        policy = RETRY.get() or self._policy
+        if TESTING.active:
+            policy = for_testing(policy)
         started = time.monotonic()
         deadline = policy.deadline(timeout)
         filled = fill_wrap(credentials, request)
@@ -222,7 +229,7 @@ class _UnaryResponse(_Callable):
             permit = limiter.acquire(0.0, bound)
             if permit is None:
                 raise RateLimitedError(bound)
-            if permit.wait:
+            if permit.wait and not TESTING.active:
                 time.sleep(permit.wait)
         try:
             outcome = mc(filled, timeout=time_left(deadline), metadata=pairs)
@@ -371,6 +378,7 @@ def wrap_channel(
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    policies: Mapping[str, RetryPolicy] | None = None,
 ) -> grpc.Channel:
     """A channel whose calls carry Clarifai credentials and retry transient failures.
 
@@ -384,6 +392,10 @@ def wrap_channel(
         retry: The default `RetryPolicy`; None for a single attempt.
         rate_limit: The client-side `RateLimit` (default: adaptive, dormant until the first
             throttle), shared per credential identity and target; None for none.
+        policies: Per-method policies: method names or patterns (``"PostInputs"``, ``"Post*"``,
+            ``"/clarifai.api.V2/*"``) to `RetryPolicy`; the most specific match wins, over
+            ``retry``. With the default ``retry``, reads and writes already differ (see
+            `READ_PATTERNS`).
 
     Raises:
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
@@ -393,7 +405,7 @@ def wrap_channel(
         raise TypeError("wrap_channel takes a sync grpc.Channel; use clarifai_interceptor.aio")
     if not callable(getattr(channel, "unary_unary", None)):
         raise TypeError(f"wrap_channel takes a grpc.Channel, not {type(channel).__name__}")
-    return _Channel(channel, Core(credentials, retry, rate_limit))
+    return _Channel(channel, Core(credentials, retry, rate_limit, "", policies))
 
 
 def resolve_target(target: str | None, environ: Mapping[str, str] | None = None) -> str:
@@ -451,6 +463,7 @@ def secure_channel(
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    policies: Mapping[str, RetryPolicy] | None = None,
     root_certificates: bytes | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
@@ -468,7 +481,7 @@ def secure_channel(
         ValueError: The target is malformed.
     """
     target = resolve_target(target)
-    core = Core(credentials, retry, rate_limit, target)
+    core = Core(credentials, retry, rate_limit, target, policies)
     channel = grpc.secure_channel(
         target,
         grpc.ssl_channel_credentials(root_certificates),
@@ -483,6 +496,7 @@ def insecure_channel(
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    policies: Mapping[str, RetryPolicy] | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
     """A plain-TCP channel (local servers, tests), otherwise like `secure_channel`.
@@ -494,6 +508,6 @@ def insecure_channel(
     if target is None:
         raise ValueError("insecure_channel needs a target (HOST:PORT)")
     target = resolve_target(target)
-    core = Core(credentials, retry, rate_limit, target)
+    core = Core(credentials, retry, rate_limit, target, policies)
     channel = grpc.insecure_channel(target, options=channel_options(options))
     return _Channel(channel, core)

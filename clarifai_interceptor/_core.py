@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._context import CREDENTIALS, RETRY, CredentialsSource, check_source
 from ._credentials import CREDENTIAL_KEYS, Credentials
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, Permit, RateLimit, bucket_for
 from ._metadata import Pairs, merge
-from ._retry import NO_RETRY, Attempts, RetryBudget, RetryPolicy, TokenBucket
+from ._methods import Policies, default_rules
+from ._methods import check as check_policies
+from ._retry import NO_RETRY, Attempts, RetryBudget, RetryPolicy, TokenBucket, for_testing
+from ._switch import TESTING
 from .exceptions import CredentialsProviderError
 
 __all__ = ["DEFAULT_RETRY", "Core"]
@@ -27,6 +30,7 @@ class Core:
         "_last",
         "_limited",
         "_lock",
+        "_policies",
         "credentials",
         "limit_wait",
         "rate_limit",
@@ -40,6 +44,7 @@ class Core:
         retry: RetryPolicy | None,
         rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
         target: str = "",
+        policies: Mapping[str, RetryPolicy] | None = None,
     ) -> None:
         # Built now, not at the first call: a missing secret fails where the channel is made.
         if credentials is None:
@@ -49,6 +54,12 @@ class Core:
             raise TypeError(f"retry must be a RetryPolicy or None, not {type(retry).__name__}")
         self.credentials: CredentialsSource = credentials
         self.retry = NO_RETRY if retry is None else retry
+        # The default policy means the default classification: reads and writes differ. A
+        # policy given explicitly applies to every method; ``policies`` refine either.
+        rules = dict(default_rules()) if retry is DEFAULT_RETRY else {"*": self.retry}
+        if policies is not None:
+            rules.update(check_policies(policies))
+        self._policies = Policies(rules)
         if rate_limit is not None and not isinstance(rate_limit, RateLimit):
             raise TypeError(
                 f"rate_limit must be a RateLimit or None, not {type(rate_limit).__name__}"
@@ -62,9 +73,15 @@ class Core:
         self._last: TokenBucket | None = None
         self._lock = threading.Lock()
 
-    def policy(self) -> RetryPolicy:
-        """The retry policy for a call made now."""
-        return RETRY.get() or self.retry
+    def policy(self, method: str | bytes) -> RetryPolicy:
+        """The retry policy for a call of ``method`` made now: a `use_retry` override, else the
+        most specific of this channel's per-method policies."""
+        policy = RETRY.get() or self.method_policy(method)
+        return for_testing(policy) if TESTING.active else policy
+
+    def method_policy(self, method: str | bytes) -> RetryPolicy:
+        """This channel's policy for ``method``, overrides aside."""
+        return self._policies.get(method) or self.retry
 
     def attempts(
         self,
@@ -78,7 +95,9 @@ class Core:
         """A call's `Attempts`, sharing this channel's token bucket for the policy's budget and
         the rate limiter's bucket for the call's credentials."""
         bucket = self.bucket(policy)
-        return Attempts(policy, method, deadline, bucket, limiter, permit, self.limit_wait, started)
+        return Attempts(
+            policy, method, deadline, bucket, limiter, permit, self.limit_wait, started, self.target
+        )
 
     def bucket(self, policy: RetryPolicy) -> TokenBucket | None:
         """This channel's token bucket for the policy's budget (None: no budget)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import grpc
@@ -57,6 +57,10 @@ class ClarifaiInterceptor(
         retry: The default `RetryPolicy`; None for a single attempt.
         rate_limit: The client-side `RateLimit` (default: adaptive, dormant until the first
             throttle), shared per credential identity and target; None for none.
+        policies: Per-method policies: method names or patterns (``"PostInputs"``, ``"Post*"``,
+            ``"/clarifai.api.V2/*"``) to `RetryPolicy`; the most specific match wins, over
+            ``retry``. With the default ``retry``, reads and writes already differ (see
+            `READ_PATTERNS`).
         target: The channel's target, if known: rate limits are shared per credential
             identity and target.
 
@@ -72,8 +76,9 @@ class ClarifaiInterceptor(
         retry: RetryPolicy | None = DEFAULT_RETRY,
         rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
         target: str = "",
+        policies: Mapping[str, RetryPolicy] | None = None,
     ) -> None:
-        self._core = Core(credentials, retry, rate_limit, target)
+        self._core = Core(credentials, retry, rate_limit, target, policies)
 
     def __repr__(self) -> str:
         return f"ClarifaiInterceptor(retry={self._core.retry!r})"
@@ -148,7 +153,7 @@ class ClarifaiInterceptor(
         request: Callable[[], Any],
         replayable: bool = True,
     ) -> Any:
-        policy = self._core.policy() if replayable else NO_RETRY
+        policy = self._core.policy(call_details.method) if replayable else NO_RETRY
         deadline = policy.deadline(call_details.timeout)
         attempts = self._core.attempts(policy, call_details.method, deadline, limiter)
 
@@ -166,7 +171,7 @@ class ClarifaiInterceptor(
         request: Callable[[], Any],
         replayable: bool = True,
     ) -> Any:
-        policy = self._core.policy() if replayable else NO_RETRY
+        policy = self._core.policy(call_details.method) if replayable else NO_RETRY
         # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
         # the caller's own timeout bounds the stream.
         timeout = call_details.timeout

@@ -7,6 +7,8 @@ module that imports tenacity.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import random
@@ -22,6 +24,9 @@ import tenacity as _t
 from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 
 from ._limiter import Bucket, Permit, RateLimitedError
+from ._switch import TESTING
+from .instrumentation import _hooks
+from .instrumentation._data import CallSummary, RetryDetails
 
 __all__ = [
     "ATTEMPT_HEADER",
@@ -40,6 +45,7 @@ __all__ = [
     "describe",
     "final_at_once",
     "follow",
+    "for_testing",
     "method_name",
     "permit_bound",
     "pushback",
@@ -477,6 +483,7 @@ class Attempts:
     """
 
     __slots__ = (
+        "_leave",
         "_retry",
         "bucket",
         "cut_by",
@@ -488,7 +495,10 @@ class Attempts:
         "permit",
         "policy",
         "retry_until",
+        "started",
+        "target",
         "throttled",
+        "waited",
     )
 
     def __init__(
@@ -501,15 +511,20 @@ class Attempts:
         permit: Permit | None = None,
         limit_wait: float | None = None,
         started: float | None = None,
+        target: str = "",
     ) -> None:
+        if TESTING.active:  # the front end may have done it: doing it again changes nothing
+            policy = for_testing(policy)
         self.policy = policy
         self.method = method
         self.deadline = deadline
         #: No new attempt starts past this: the policy's retry window, or the deadline.
         self.retry_until = deadline
+        self.started = started = time.monotonic() if started is None else started
+        self.target = target
         window = policy.timeout
         if window is not None:
-            until = (time.monotonic() if started is None else started) + window
+            until = started + window
             if deadline is None or until < deadline:
                 self.retry_until = until
         self.bucket = bucket
@@ -522,6 +537,8 @@ class Attempts:
         #: "limiter", or None.
         self.cut_by: str | None = None
         self._retry: Retry | None = None
+        self._leave: Callable[[], None] | None = None
+        self.waited = 0.0  # seconds waited between attempts, for the call's summary
 
     def _bound(self, not_before: float) -> float | None:
         """The longest wait for a retry's permit: no retry starts past the window."""
@@ -541,7 +558,7 @@ class Attempts:
         if permit is None:
             raise RateLimitedError(bound)
         self.permit = permit
-        return permit.wait
+        return TESTING.wait(permit.wait)
 
     async def first_async(self) -> float:
         """`first`, for ``grpc.aio``: a shared limiter's I/O never blocks the event loop."""
@@ -553,7 +570,7 @@ class Attempts:
         if permit is None:
             raise RateLimitedError(bound)
         self.permit = permit
-        return permit.wait
+        return TESTING.wait(permit.wait)
 
     def _judge(self, outcome: object) -> tuple[float | None, bool]:
         """The policy's wait after ``outcome`` (None: final), and whether it was a throttle."""
@@ -596,20 +613,48 @@ class Attempts:
         return wait
 
     def _scheduled(self, outcome: object, wait: float) -> float:
-        """Announce the retry about to wait ``wait`` seconds, and count it."""
-        if log.isEnabledFor(logging.DEBUG):
-            name, got = method_name(self.method), describe(outcome)
-            log.debug(
-                "retrying %s: attempt %d got %s; waiting %.3f s",
-                name,
-                self.number,
-                got,
-                wait,
-                # The same facts as fields, for handlers that want them (the CLI demo, metrics).
-                extra={"rpc_method": name, "attempt": self.number, "outcome": got, "wait": wait},
+        """Tell the hooks of the retry about to wait ``wait`` seconds, and count it."""
+        wait = TESTING.wait(wait)
+        if _hooks._STATE.retry:  # noqa: SLF001 (one read: no hooks, no work)
+            self._leave = _hooks.retry_scheduled(
+                RetryDetails(
+                    method=_full_name(self.method),
+                    target=self.target,
+                    attempt=self.number,
+                    outcome=describe(outcome),
+                    throttle=self.policy.throttle(outcome),
+                    wait=wait,
+                    reason=self.reason(),  # type: ignore[arg-type]
+                    elapsed=time.monotonic() - self.started,
+                    deadline_left=time_left(self.deadline),
+                )
             )
         self.number += 1
+        self.waited += wait
         return wait
+
+    def resume(self) -> None:
+        """The wait is over and the next attempt starts: leave what the hooks entered."""
+        leave, self._leave = self._leave, None
+        if leave is not None:
+            leave()
+
+    def _final(self, outcome: object) -> None:
+        """The call ends with ``outcome``: sum it up for the hooks if it was eventful."""
+        self.resume()
+        if (self.number > 1 or self.throttled or self.cut_by) and _hooks._STATE.end:  # noqa: SLF001
+            _hooks.call_ended(
+                CallSummary(
+                    method=_full_name(self.method),
+                    target=self.target,
+                    attempts=self.number,
+                    outcome="SUCCESS" if _succeeded(outcome) else describe(outcome),
+                    throttled=self.throttled,
+                    cut_by=self.cut_by,  # type: ignore[arg-type]
+                    elapsed=time.monotonic() - self.started,
+                    waited=self.waited,
+                )
+            )
 
     def after(self, outcome: object) -> float | None:
         """Seconds to wait before the next attempt, or None if ``outcome`` is final."""
@@ -620,7 +665,10 @@ class Attempts:
                 limiter.feedback(self.permit, True)
             if wait is not None:
                 wait = self._paced(limiter.acquire(wait, self._bound(wait)), wait)
-        return None if wait is None else self._scheduled(outcome, wait)
+        if wait is None:
+            self._final(outcome)
+            return None
+        return self._scheduled(outcome, wait)
 
     async def after_async(self, outcome: object) -> float | None:
         """`after`, for ``grpc.aio``."""
@@ -632,11 +680,35 @@ class Attempts:
             if wait is not None:
                 permit = await limiter.acquire_async(wait, self._bound(wait))
                 wait = self._paced(permit, wait)
-        return None if wait is None else self._scheduled(outcome, wait)
+        if wait is None:
+            self._final(outcome)
+            return None
+        return self._scheduled(outcome, wait)
 
     def reason(self) -> str:
         """Why the last wait `after` gave was chosen: backoff, pushback or limiter."""
         return "backoff" if self._retry is None else self._retry.reason
+
+
+def _full_name(method: str | bytes) -> str:
+    return method.decode("ascii", "replace") if isinstance(method, bytes) else method
+
+
+def _succeeded(outcome: object) -> bool:
+    if isinstance(outcome, grpc.RpcError):
+        return False
+    status = getattr(getattr(outcome, "status", None), "code", None)
+    return status is None or status == _sc.SUCCESS
+
+
+def for_testing(policy: RetryPolicy) -> RetryPolicy:
+    """``policy`` as the testing switch has it: no backoff, and its number of attempts."""
+    return _testing(policy, TESTING.max_attempts(policy.max_attempts))
+
+
+@functools.lru_cache(maxsize=256)
+def _testing(policy: RetryPolicy, attempts: int) -> RetryPolicy:
+    return dataclasses.replace(policy, max_attempts=attempts, initial_backoff=0, throttle_backoff=0)
 
 
 def permit_bound(
@@ -684,6 +756,7 @@ def follow(
     """Go on from an outcome that `Attempts.after` answered with ``wait``: retry until final."""
     while wait is not None:
         time.sleep(wait)
+        attempts.resume()
         outcome = attempt(attempts.number)
         wait = attempts.after(view(outcome))
     return outcome

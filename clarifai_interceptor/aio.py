@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -64,8 +64,9 @@ class _Interceptor:
         retry: RetryPolicy | None = DEFAULT_RETRY,
         rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
         target: str = "",
+        policies: Mapping[str, RetryPolicy] | None = None,
     ) -> None:
-        self._core = Core(credentials, retry, rate_limit, target)
+        self._core = Core(credentials, retry, rate_limit, target, policies)
 
     @classmethod
     def _sharing(cls: type[_I], core: Core) -> _I:
@@ -80,7 +81,7 @@ class _Interceptor:
         self, continuation: Any, details: Any, request: Any, streaming: bool
     ) -> tuple[_Start, RetryPolicy, Bucket | None]:
         pairs, credentials, limiter = self._core.resolve(details.metadata)
-        policy = self._core.policy()
+        policy = self._core.policy(details.method)
         if not streaming:
             filled = fill_copy(credentials, request)
             requests: Callable[[], Any] = lambda: filled  # noqa: E731 (one line reads best)
@@ -120,6 +121,7 @@ class _Interceptor:
                 if wait is None:
                     break
                 await asyncio.sleep(wait)
+                attempts.resume()
                 call = await start(attempts.number, time_left(deadline))
         except BaseException:
             call.cancel()  # cancelled mid-attempt or mid-wait: no attempt follows
@@ -152,6 +154,7 @@ class _Interceptor:
                     break
                 call.cancel()  # an error or a retryable first message: that attempt is over
                 await asyncio.sleep(wait)
+                attempts.resume()
                 call = await start(attempts.number, time_left(call_deadline))
         except BaseException:
             call.cancel()
@@ -296,6 +299,7 @@ def interceptors(
     retry: RetryPolicy | None = DEFAULT_RETRY,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
     target: str = "",
+    policies: Mapping[str, RetryPolicy] | None = None,
 ) -> list[grpc.aio.ClientInterceptor]:
     """The interceptors to pass as ``grpc.aio.*_channel(..., interceptors=...)``.
 
@@ -307,6 +311,10 @@ def interceptors(
         retry: The default `RetryPolicy`; None for a single attempt.
         rate_limit: The client-side `RateLimit` (default: adaptive, dormant until the first
             throttle), shared per credential identity and target; None for none.
+        policies: Per-method policies: method names or patterns (``"PostInputs"``, ``"Post*"``,
+            ``"/clarifai.api.V2/*"``) to `RetryPolicy`; the most specific match wins, over
+            ``retry``. With the default ``retry``, reads and writes already differ (see
+            `READ_PATTERNS`).
         target: The channel's target, if known: rate limits are shared per credential
             identity and target.
 
@@ -318,7 +326,7 @@ def interceptors(
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
         TypeError: ``credentials`` or ``retry`` is of the wrong type.
     """
-    core = Core(credentials, retry, rate_limit, target)
+    core = Core(credentials, retry, rate_limit, target, policies)
     kinds: tuple[type[_Interceptor], ...] = (
         UnaryUnaryInterceptor,
         UnaryStreamInterceptor,
@@ -334,6 +342,7 @@ def secure_channel(
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    policies: Mapping[str, RetryPolicy] | None = None,
     root_certificates: bytes | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
@@ -354,7 +363,9 @@ def secure_channel(
         ValueError: The target is malformed.
     """
     target = resolve_target(target)
-    chain = interceptors(credentials, retry=retry, rate_limit=rate_limit, target=target)
+    chain = interceptors(
+        credentials, retry=retry, rate_limit=rate_limit, target=target, policies=policies
+    )
     return grpc.aio.secure_channel(
         target,
         grpc.ssl_channel_credentials(root_certificates),
@@ -369,6 +380,7 @@ def insecure_channel(
     *,
     retry: RetryPolicy | None = DEFAULT_RETRY,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+    policies: Mapping[str, RetryPolicy] | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
     """A ``grpc.aio`` plain-TCP channel (local servers, tests), otherwise like `secure_channel`.
@@ -380,5 +392,7 @@ def insecure_channel(
     if target is None:
         raise ValueError("insecure_channel needs a target (HOST:PORT)")
     target = resolve_target(target)
-    chain = interceptors(credentials, retry=retry, rate_limit=rate_limit, target=target)
+    chain = interceptors(
+        credentials, retry=retry, rate_limit=rate_limit, target=target, policies=policies
+    )
     return grpc.aio.insecure_channel(target, options=channel_options(options), interceptors=chain)

@@ -1,4 +1,4 @@
-"""pytest plugin of clarifai-interceptor: the ``clarifai_fake`` fixture.
+"""pytest plugin of clarifai-interceptor: the ``clarifai_fake`` and ``clarifai_testing`` fixtures.
 
 Installing the package registers this plugin (entry point ``pytest11``), so any test suite can
 ask for the fixture by name and call a fake Clarifai API over real gRPC::
@@ -10,12 +10,18 @@ ask for the fixture by name and call a fake Clarifai API over real gRPC::
         assert len(clarifai_fake.calls_to("PostModelOutputs")) == 2
 
 See `clarifai_interceptor.testing.FakeClarifai` for scripts, recorded calls and auth checking.
+
+``clarifai_testing`` turns the testing switch on for one test (no retry waits at all)::
+
+    def test_gives_up_fast(clarifai_fake, clarifai_testing):
+        clarifai_testing(True, attempts=2)  # optional: exactly two attempts per call
+        ...
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -34,3 +40,17 @@ def clarifai_fake() -> Iterator[FakeClarifai]:
 
     with FakeClarifai() as fake:
         yield fake
+
+
+@pytest.fixture
+def clarifai_testing() -> Iterator[Callable[..., Any]]:
+    """Testing mode on for the test: every retry wait (backoff, pushback, limiter) is 0.
+
+    Yields `clarifai_interceptor.testing.set_testing`, to change the mode within the test
+    (``clarifai_testing(True, attempts=3)``); the state from before the test is restored after
+    it. The switch is process-wide: tests running in threads of one process share it.
+    """
+    from clarifai_interceptor._switch import set_testing  # noqa: PLC0415
+
+    with set_testing(True):
+        yield set_testing

@@ -32,6 +32,8 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
+from ._switch import set_testing
+
 __all__ = [
     "Delay",
     "Fail",
@@ -41,6 +43,7 @@ __all__ = [
     "Reply",
     "Status",
     "Stream",
+    "set_testing",
 ]
 
 _SERVICE = service_pb2.DESCRIPTOR.services_by_name["V2"]

@@ -19,7 +19,13 @@ What it looks at, per test phase (setup, call, teardown):
 * every exception a test caught with ``pytest.raises``, and the exception a test ended with:
   its ``str`` and ``repr`` (not its chained causes, which may be the test's own);
 * the ``repr`` and ``str`` of each `Credentials`, `ClarifaiInterceptor`, wrapped channel and
-  aio interceptor built, and of the first `RecordedCall` objects of each phase.
+  aio interceptor built, and of the first `RecordedCall` objects of each phase;
+* exported telemetry, when the libraries are installed: every OpenTelemetry span that ends in an
+  SDK ``TracerProvider`` (its name, attributes, status, its events' names and attributes, its
+  links' attributes), every batch of OpenTelemetry metrics an ``InMemoryMetricReader`` or a
+  ``PeriodicExportingMetricReader`` receives (names, descriptions, data points' attributes,
+  exemplars' attributes), and every Prometheus metric a ``CollectorRegistry`` collects (names,
+  documentation, samples' names and labels, exemplars' labels).
 
 A phase in which any collected secret appears in any of these fails, with a message that names
 the test, the phase and where the secret was seen, never the secret itself; the captured output
@@ -232,6 +238,7 @@ class SecretsGuard:
             return _WatchedRaises(result, guard)
 
         self._patch(pytest, "raises", watched_raises)
+        self._install_telemetry()
 
         handler = _Handler(self)
         root = logging.getLogger()
@@ -243,6 +250,86 @@ class SecretsGuard:
         self._undo.append(lambda: package.setLevel(level))
 
         self.scan_heap()
+
+    def _install_telemetry(self) -> None:
+        """Observe what OpenTelemetry and Prometheus export (each only if installed)."""
+        guard = self
+        try:
+            from opentelemetry.sdk.metrics import export as metrics_export  # noqa: PLC0415
+            from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor  # noqa: PLC0415
+        except ImportError:
+            pass
+        else:
+            on_end = SynchronousMultiSpanProcessor.__dict__["on_end"]
+
+            def span_ended(processor: Any, span: Any) -> None:
+                guard.observe_span(span)
+                on_end(processor, span)
+
+            self._patch(SynchronousMultiSpanProcessor, "on_end", span_ended)
+            for reader in (
+                metrics_export.InMemoryMetricReader,
+                metrics_export.PeriodicExportingMetricReader,
+            ):
+                self._patch(reader, "_receive_metrics", self._metrics_receiver(reader))
+        try:
+            from prometheus_client.registry import CollectorRegistry  # noqa: PLC0415
+        except ImportError:
+            return
+        collect = CollectorRegistry.__dict__["collect"]
+
+        def collected(registry: Any) -> Any:
+            for metric in collect(registry):
+                guard.observe_prometheus(metric)
+                yield metric
+
+        self._patch(CollectorRegistry, "collect", collected)
+
+    def _metrics_receiver(self, reader: type) -> Callable[..., Any]:
+        receive = reader.__dict__["_receive_metrics"]
+        guard = self
+
+        def received(obj: Any, metrics_data: Any, *args: Any, **kwargs: Any) -> Any:
+            guard.observe_metrics(metrics_data)
+            return receive(obj, metrics_data, *args, **kwargs)
+
+        return received
+
+    def observe_span(self, span: Any) -> None:
+        """Remember what an ended OpenTelemetry span would export."""
+        where = f"an OpenTelemetry span ({span.name!r})"
+        self.observe(where, span.name)
+        self.observe(f"the attributes of {where}", dict(span.attributes or {}))
+        self.observe(f"the status of {where}", getattr(span.status, "description", None) or "")
+        for event in span.events:
+            self.observe(f"an event of {where}", event.name)
+            self.observe(f"an event's attributes of {where}", dict(event.attributes or {}))
+        for link in span.links:
+            self.observe(f"a link's attributes of {where}", dict(link.attributes or {}))
+
+    def observe_metrics(self, metrics_data: Any) -> None:
+        """Remember what a batch of OpenTelemetry metrics would export."""
+        for resource in getattr(metrics_data, "resource_metrics", None) or ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    where = f"the OpenTelemetry metric {metric.name!r}"
+                    self.observe(where, f"{metric.name} {metric.description} {metric.unit}")
+                    for point in getattr(metric.data, "data_points", ()):
+                        self.observe(f"a data point's attributes of {where}", point.attributes)
+                        for exemplar in getattr(point, "exemplars", None) or ():
+                            self.observe(
+                                f"an exemplar's attributes of {where}",
+                                exemplar.filtered_attributes,
+                            )
+
+    def observe_prometheus(self, metric: Any) -> None:
+        """Remember what a collected Prometheus metric family would expose."""
+        where = f"the Prometheus metric {metric.name!r}"
+        self.observe(where, f"{metric.name} {metric.documentation}")
+        for sample in metric.samples:
+            self.observe(f"a sample of {where}", f"{sample.name} {sample.labels!r}")
+            if sample.exemplar is not None:
+                self.observe(f"an exemplar of {where}", sample.exemplar.labels)
 
     def _patch(self, owner: Any, name: str, value: Any) -> None:
         had = name in vars(owner)
@@ -329,7 +416,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if guard is not None:
         terminalreporter.write_line(
             f"secrets_guard: {guard.secret_count} secrets tracked, {guard.texts_checked} texts "
-            f"checked (log records, warnings, exceptions, reprs), {guard.leaks_found} leak(s)"
+            "checked (log records, warnings, exceptions, reprs, telemetry), "
+            f"{guard.leaks_found} leak(s)"
         )
 
 

@@ -1,0 +1,680 @@
+"""The Redis store: one limit across processes, on a real ``redis-server`` (never a mock).
+
+The server is started once per session on a free loopback port (tests that kill a server start
+their own). The limiter's maths are checked against `LocalBucket`'s with one injected clock;
+everything else runs on Redis's own clock, with bounds that only catch hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+import redis
+import redis.asyncio
+from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
+from clarifai_grpc.grpc.api.status import status_code_pb2
+from conftest import PAT, PAT_CREDS, T
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis_server import RedisServer, frozen_permits, greedy
+
+import clarifai_interceptor.aio as cia
+from clarifai_interceptor import (
+    NO_RETRY,
+    Credentials,
+    RateLimit,
+    RateLimitedError,
+    insecure_channel,
+    use_credentials,
+)
+from clarifai_interceptor._limiter import LocalBucket, Permit, bucket_for, identity
+from clarifai_interceptor.instrumentation._figures import limiter_rates
+from clarifai_interceptor.redis import DEFAULT_PREFIX, RedisBucket, RedisStore
+from clarifai_interceptor.testing import FakeClarifai, Reply
+
+#: Seconds within which any call must return, even with Redis dead or hung: catches hangs only.
+HANG = 5.0
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One ``redis-server`` for the session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def server(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """The session's server, emptied before the test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of the test's own, which it may kill, stop and restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None:
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.kill()
+
+
+@pytest.fixture
+def make_store(server: RedisServer) -> Iterator[Callable[..., RedisStore]]:
+    """Builds `RedisStore` objects on ``server`` (keyword arguments passed on); closed after."""
+    stores: list[RedisStore] = []
+
+    def make(url: str | None = None, **kwargs: Any) -> RedisStore:
+        store = RedisStore(url or server.url, **kwargs)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+class Clock:
+    """A fake clock, for LocalBucket and for the script's test-only ``now``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _redis_bucket(store: RedisStore, limit: RateLimit, clock: Clock, key: str) -> RedisBucket:
+    bucket = store.bucket(key, limit)
+    bucket._clock = clock
+    return bucket
+
+
+# --- The maths: the script and LocalBucket agree ---------------------------------------------
+
+# An event: (seconds to advance, then "acquire" with not_before and max_wait, or "feedback" of
+# the n-th permit given so far, throttled or not).
+_EVENT = st.one_of(
+    st.tuples(
+        st.floats(0, 3),
+        st.just("acquire"),
+        st.floats(0, 2),
+        st.one_of(st.none(), st.floats(0, 5)),
+    ),
+    st.tuples(st.floats(0, 3), st.just("feedback"), st.integers(0, 1000), st.booleans()),
+)
+_LIMIT = st.builds(
+    RateLimit,
+    per_second=st.one_of(st.none(), st.floats(0.5, 500)),
+    burst=st.floats(1, 20),
+    min_rate=st.floats(0.1, 5),
+    initial_rate=st.floats(0.1, 100),
+    max_wait=st.none(),
+)
+
+
+def _replay(
+    limit: RateLimit, events: list[tuple[Any, ...]], local: Any, remote: Any, clock: Clock
+) -> None:
+    """Apply ``events`` to both buckets; every permit and rate must be equal.
+
+    The first acquire comes at once: a LocalBucket's send-rate window opens when it is made,
+    the script's when the key is (in use, `bucket_for` makes the bucket for its first call).
+    """
+    permits: list[tuple[Permit, Permit]] = []
+    events = [(0.0, "acquire", 0.0, None), *events]
+    for step, (advance, kind, first, second) in enumerate(events):
+        clock.now += advance
+        if kind == "acquire":
+            ours, theirs = local.acquire(first, second), remote.acquire(first, second)
+            assert ours == theirs, (step, ours, theirs)
+            if ours is not None:
+                permits.append((ours, theirs))
+        elif permits:
+            ours, theirs = permits[first % len(permits)]
+            local.feedback(ours, second)
+            remote.feedback(theirs, second)
+        assert local.rate() == remote.rate(), (step, limit)
+        assert _state(local) == _remote_state(remote), (step, limit)
+    assert remote.store.fallbacks == 0
+
+
+_FIELDS = ("tat", "since", "last", "count", "measured", "round")
+
+
+def _state(bucket: LocalBucket) -> dict[str, float]:
+    return {name: float(getattr(bucket, "_" + name)) for name in _FIELDS}
+
+
+def _remote_state(bucket: RedisBucket) -> dict[str, float]:
+    client = bucket.store._script.registered_client  # type: ignore[union-attr]
+    stored = dict(zip(_FIELDS, client.hmget(bucket.key, _FIELDS), strict=True))
+    return {name: float(value or 0) for name, value in stored.items()}
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(limit=_LIMIT, events=st.lists(_EVENT, max_size=60))
+def test_script_and_local_bucket_agree(
+    make_store: Callable[..., RedisStore], limit: RateLimit, events: list[tuple[Any, ...]]
+) -> None:
+    clock = Clock()
+    local = LocalBucket(limit, clock)
+    remote = _redis_bucket(make_store(), limit, clock, os.urandom(16).hex())
+    _replay(limit, events, local, remote, clock)
+
+
+def test_script_and_local_bucket_agree_through_a_scripted_adaptive_run(
+    make_store: Callable[..., RedisStore],
+) -> None:
+    """Dormant sends, the first throttle, pacing, a stale throttle, growth, a stall, a cut."""
+    limit = RateLimit(burst=2, min_rate=0.5)
+    clock = Clock()
+    local, remote = LocalBucket(limit, clock), _redis_bucket(make_store(), limit, clock, "k" * 32)
+    events: list[tuple[Any, ...]] = [(0.01, "acquire", 0.0, None) for _ in range(40)]
+    events += [(0.0, "feedback", 39, True), (0.0, "feedback", 38, True)]  # one cut, not two
+    events += [(0.02, "acquire", 0.0, None) for _ in range(50)]
+    events += [(0.0, "acquire", 0.0, 0.0), (0.0, "acquire", 0.3, 1.0)]  # refused; not_before
+    events += [(0.01, "feedback", 0, True), (0.3, "feedback", 45, False)]  # stale; success
+    events += [(0.26, "acquire", 0.0, None) for _ in range(3)]  # just past a stall
+    events += [(t, "acquire", 0.0, None) for t in (0.055, 0.055, 0.3)]  # a 0.11 s window
+    events += [(3.0, "acquire", 0.0, None), (0.1, "feedback", 93, True)]
+    events += [(0.05, "acquire", 0.0, None) for _ in range(30)]
+    _replay(limit, events, local, remote, clock)
+    assert remote.rate() is not None
+    with remote.store._script.registered_client as client:  # type: ignore[union-attr]
+        assert int(client.hget(remote.key, "round")) == 2
+
+
+# --- On Redis's own clock --------------------------------------------------------------------
+
+
+def test_a_fixed_rate_paces_from_the_first_call(make_store: Callable[..., RedisStore]) -> None:
+    bucket = make_store().bucket("a" * 32, RateLimit(per_second=10, burst=3))
+    waits = [bucket.acquire(0.0, None) for _ in range(6)]
+    assert all(permit is not None for permit in waits)
+    assert [p.wait for p in waits if p] == pytest.approx([0, 0, 0, 0.1, 0.2, 0.3], abs=0.05)
+    assert bucket.acquire(0.0, 0.0) is None  # fail fast: a wait of ~0.4 s is refused...
+    permit = bucket.acquire(0.0, None)
+    assert permit is not None
+    assert permit.wait == pytest.approx(0.4, abs=0.05)  # ...and reserved nothing
+    assert bucket.rate() == 10
+
+
+def test_two_processes_share_the_adaptive_rate(make_store: Callable[..., RedisStore]) -> None:
+    """Two stores (two clients, as two processes): one throttle anywhere cuts both."""
+    limit = RateLimit()
+    one = make_store().bucket("b" * 32, limit)
+    two = make_store().bucket("b" * 32, limit)
+    other = make_store().bucket("c" * 32, limit)  # another PAT
+    for _ in range(30):
+        assert one.acquire(0.0, None) == Permit(0.0, 0)  # dormant: go now
+    assert one.rate() is None
+    assert two.rate() is None
+    before = two.acquire(0.0, None)
+    assert before is not None
+    two.feedback(before, throttled=True)
+    shared = one.rate()
+    assert shared is not None
+    assert two.rate() == pytest.approx(shared, rel=0.05)
+    assert other.rate() is None  # not slowed
+    one.feedback(before, throttled=True)  # the same round: that cut answered it already
+    after = one.acquire(0.0, None)
+    assert after is not None
+    assert after.round == 1
+    permits = [one.acquire(0.0, None) for _ in range(5)] + [two.acquire(0.0, None)]
+    assert [p.wait for p in permits if p] == sorted(p.wait for p in permits if p)  # one queue
+    assert permits[-1] is not None
+    assert permits[-1].wait > 0
+
+
+def test_permits_from_concurrent_processes_take_distinct_slots(server: RedisServer) -> None:
+    """4 processes reserving at once on a frozen clock: exactly the slots one process gets."""
+    limit = RateLimit(per_second=50, burst=5)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        runs = pool.starmap(frozen_permits, [(server.url, "d" * 32, 50, 5, 200)] * 4)
+    waits = sorted(wait for run in runs for wait in run)
+    clock = Clock()
+    local = LocalBucket(limit, clock)
+    expected = [local.acquire(0.0, None).wait for _ in range(800)]  # type: ignore[union-attr]
+    assert waits == expected
+
+
+def test_concurrent_processes_never_exceed_the_rate(server: RedisServer) -> None:
+    """4 processes taking every permit they can without waiting: at most rate*window+burst."""
+    rate, burst, seconds = 40, 5, 1.0
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        start = time.monotonic()
+        counts = pool.starmap(greedy, [(server.url, "e" * 32, rate, burst, seconds)] * 4)
+        window = time.monotonic() - start
+    assert 0 < sum(counts) <= rate * window + burst
+
+
+def test_the_key_has_a_ttl_refreshed_on_use(
+    server: RedisServer, make_store: Callable[..., RedisStore]
+) -> None:
+    bucket = make_store(ttl=30).bucket("f" * 32, RateLimit())
+    permit = bucket.acquire(0.0, None)
+    assert permit is not None
+    with server.client() as client:
+        assert 0 < client.pttl(bucket.key) <= 30_000
+        client.pexpire(bucket.key, 1_000)
+        bucket.feedback(permit, throttled=True)
+        assert client.pttl(bucket.key) > 1_000
+        client.pexpire(bucket.key, 1_000)
+        bucket.acquire(0.0, None)
+        assert client.pttl(bucket.key) > 1_000
+
+
+def test_redis_holds_no_secret(server: RedisServer, make_store: Callable[..., RedisStore]) -> None:
+    limit = RateLimit(store=make_store())
+    bucket = bucket_for(limit, PAT, "api.example:443")
+    permit = bucket.acquire(0.0, None)
+    assert permit is not None
+    bucket.feedback(permit, throttled=True)
+    with server.client() as client:
+        keys = list(client.scan_iter("*"))
+        assert keys == [(DEFAULT_PREFIX + identity(PAT, "api.example:443", limit)).encode()]
+        stored = b"".join(k + v for k, v in client.hgetall(keys[0]).items())
+    assert PAT.encode() not in keys[0] + stored
+    assert b"api.example" not in keys[0] + stored
+
+
+def test_a_password_in_the_url_is_never_shown(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    password = "fake-redis-password-for-tests"
+    # No such user on the server: AUTH fails, and the store falls back.
+    store = RedisStore(f"redis://fake-user:{password}@127.0.0.1:{server.port}/0", retry_after=60)
+    caplog.set_level(logging.INFO, "clarifai_interceptor")
+    bucket = store.bucket("a" * 32, RateLimit(per_second=5))
+    assert bucket.acquire(0.0, None) is not None
+    assert store.fallbacks == 1
+    assert len(caplog.records) == 1
+    shown = caplog.text + repr(store) + repr(bucket) + repr(bucket.local)
+    assert password not in shown
+    with pytest.raises(ValueError, match="url") as raised:
+        RedisStore(f"http://:{password}@127.0.0.1/0")
+    assert password not in str(raised.value)
+    store.close()
+
+
+# --- Redis down, hung, restarted -------------------------------------------------------------
+
+
+def _hammer(bucket: RedisBucket, stop: threading.Event, results: list[Any]) -> None:
+    """Acquire permits until ``stop``, recording (permit, seconds the call took)."""
+    while not stop.is_set():
+        start = time.monotonic()
+        permit = bucket.acquire(0.0, 0.5)
+        results.append((permit, time.monotonic() - start))
+        time.sleep(0.002)
+
+
+def _run_threads(bucket: RedisBucket, action: Callable[[], None]) -> list[Any]:
+    stop = threading.Event()
+    results: list[Any] = []
+    threads = [threading.Thread(target=_hammer, args=(bucket, stop, results)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.2)
+        action()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(HANG)
+    assert not any(thread.is_alive() for thread in threads), "a call hung"
+    return results
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("on_error", ["local", "fail"])
+def test_redis_killed_mid_run(
+    own_server: RedisServer, on_error: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "clarifai_interceptor")
+    store = RedisStore(own_server.url, on_error=on_error, retry_after=0.2)  # type: ignore[arg-type]
+    bucket = store.bucket("a" * 32, RateLimit(per_second=1000, burst=1000))
+    results = _run_threads(bucket, own_server.kill)
+    assert all(seconds < HANG for _, seconds in results)
+    assert store.fallbacks > 0
+    refused = sum(permit is None for permit, _ in results)
+    assert refused == (store.fallbacks if on_error == "fail" else 0)
+    assert len(_warnings(caplog)) == 1, "one warning per outage"
+    assert "127.0.0.1" not in _warnings(caplog)[0]
+
+    own_server.start()  # the same port: the store reconnects by itself
+    deadline = time.monotonic() + HANG
+    while store.decide(bucket.key, bucket._argv("peek"), count=False) is None:
+        assert time.monotonic() < deadline, "the store never reconnected"
+        time.sleep(0.05)
+    before = store.fallbacks
+    assert bucket.acquire(0.0, None) is not None
+    assert store.fallbacks == before
+    with own_server.client() as client:
+        assert client.exists(bucket.key)
+    assert "reachable again" in caplog.text
+    assert len(_warnings(caplog)) == 1
+    store.close()
+
+
+def test_a_hung_redis_costs_one_timeout_not_one_per_call(
+    own_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGSTOP: connections hang rather than fail. One caller waits out the socket timeout;
+    the rest pace locally at once; one caller at a time tries again."""
+    store = RedisStore(own_server.url, timeout=0.2, retry_after=0.3)
+    bucket = store.bucket("a" * 32, RateLimit(per_second=1000, burst=1000))
+    assert bucket.acquire(0.0, None) is not None
+    assert own_server.process is not None
+    pid = own_server.process.pid
+    results = _run_threads(bucket, lambda: os.kill(pid, signal.SIGSTOP))
+    assert all(permit is not None for permit, _ in results)
+    # A call that waited out the 0.2 s socket timeout (a loaded machine adds its own delays,
+    # but not of that size to every call).
+    slow = [seconds for _, seconds in results if seconds >= 0.19]
+    assert 1 <= len(slow) <= 6 + 3, "timeouts piled up per call"  # in flight + a few probes
+    assert max(slow) < HANG
+    assert len(_warnings(caplog)) == 1
+    os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + HANG
+    while store.decide(bucket.key, bucket._argv("peek"), count=False) is None:
+        assert time.monotonic() < deadline, "the store never reconnected"
+        time.sleep(0.05)
+    store.close()
+
+
+def test_a_fallback_bucket_still_paces_and_adapts(own_server: RedisServer) -> None:
+    store = RedisStore(own_server.url, retry_after=60)
+    bucket = store.bucket("a" * 32, RateLimit(per_second=10, burst=1))
+    own_server.kill()
+    waits = [bucket.acquire(0.0, None) for _ in range(3)]
+    assert [p.wait for p in waits if p] == pytest.approx([0, 0.1, 0.2], abs=0.05)
+    adaptive = store.bucket("b" * 32, RateLimit())
+    permit = adaptive.acquire(0.0, None)
+    assert permit is not None
+    adaptive.feedback(permit, throttled=True)
+    assert adaptive.rate() is not None  # the local bucket took the throttle
+    assert store.fallbacks == 5
+    store.close()
+
+
+# --- asyncio ---------------------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def async_store(server: RedisServer) -> AsyncIterator[RedisStore]:
+    store = RedisStore(server.url)
+    yield store
+    await store.aclose()
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_async_calls_share_state_with_sync_ones(async_store: RedisStore) -> None:
+    limit = RateLimit()
+    bucket = async_store.bucket("a" * 32, limit)
+    permits = await asyncio.gather(*(bucket.acquire_async(0.0, None) for _ in range(20)))
+    assert permits == [Permit(0.0, 0)] * 20
+    await bucket.feedback_async(Permit(0.0, 0), throttled=True)
+    assert bucket.rate() is not None  # the sync client sees the async throttle
+    paced = await asyncio.gather(*(bucket.acquire_async(0.0, None) for _ in range(5)))
+    assert all(p is not None and p.round == 1 for p in paced)
+    assert max(p.wait for p in paced if p) > 0
+    assert async_store.fallbacks == 0
+
+
+@pytest.mark.asyncio
+async def test_an_async_client_of_your_own(server: RedisServer) -> None:
+    client = redis.asyncio.Redis(port=server.port, socket_timeout=1)
+    store = RedisStore(async_client=client)
+    bucket = store.bucket("a" * 32, RateLimit(per_second=5, burst=1))
+    first, second = [await bucket.acquire_async(0.0, None) for _ in range(2)]
+    assert first is not None
+    assert second is not None
+    assert second.wait == pytest.approx(0.2, abs=0.05)
+    assert bucket.rate() is None  # no sync client: no reading from a gauge thread
+    with pytest.raises(RuntimeError, match="sync client"):
+        bucket.acquire(0.0, None)
+    await store.aclose()
+    await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_hung_redis_never_blocks_the_event_loop(own_server: RedisServer) -> None:
+    store = RedisStore(own_server.url, timeout=0.3, retry_after=60)
+    bucket = store.bucket("a" * 32, RateLimit(per_second=100))
+    assert await bucket.acquire_async(0.0, None) is not None
+    assert own_server.process is not None
+    os.kill(own_server.process.pid, signal.SIGSTOP)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    permit = await asyncio.wait_for(bucket.acquire_async(0.0, None), HANG)
+    ticker.cancel()
+    assert permit is not None
+    assert store.fallbacks == 1
+    assert ticks >= 3  # the loop ran while the call waited out the timeout
+    os.kill(own_server.process.pid, signal.SIGCONT)
+    await store.aclose()
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_async_calls_fall_back_when_redis_dies(own_server: RedisServer) -> None:
+    store = RedisStore(own_server.url, retry_after=60)
+    bucket = store.bucket("a" * 32, RateLimit())
+    own_server.kill()
+    permit = await bucket.acquire_async(0.0, None)  # fails, falls back
+    assert permit == Permit(0.0, 0)
+    await bucket.feedback_async(permit, throttled=True)  # down: straight to the local bucket
+    assert bucket.local.rate() is not None
+    assert store.fallbacks == 2
+    assert "down" in repr(store)
+    await store.aclose()
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_call_cancelled_mid_redis_leaves_the_store_usable(
+    own_server: RedisServer,
+) -> None:
+    store = RedisStore(own_server.url, timeout=2)
+    bucket = store.bucket("a" * 32, RateLimit(per_second=100))
+    assert own_server.process is not None
+    os.kill(own_server.process.pid, signal.SIGSTOP)
+    task = asyncio.create_task(bucket.acquire_async(0.0, None))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    os.kill(own_server.process.pid, signal.SIGCONT)
+    assert await bucket.acquire_async(0.0, None) is not None
+    assert store.fallbacks == 0
+    await store.aclose()
+    store.close()
+
+
+def test_stores_without_the_other_client(server: RedisServer) -> None:
+    with server.client() as client:
+        store = RedisStore(client=client)
+        bucket = store.bucket("a" * 32, RateLimit(per_second=5))
+        permit = bucket.acquire(0.0, None)
+        assert permit is not None
+        bucket.feedback(permit, throttled=True)  # a fixed rate takes no feedback
+        assert client.hget(bucket.key, "round") is None
+        with pytest.raises(RuntimeError, match="async client"):
+            asyncio.run(bucket.acquire_async(0.0, None))
+        store.close()  # not ours to close
+        assert client.ping()
+
+
+# --- Construction ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "needs url"),
+        ({"url": "redis://localhost", "client": redis.Redis()}, "not both"),
+        ({"url": "localhost:6379"}, "redis://"),
+        ({"url": 6379}, "redis://"),
+        ({"client": "redis://localhost"}, "client must be a redis.Redis"),
+        ({"async_client": redis.Redis()}, "async_client must be"),
+        ({"url": "redis://localhost", "prefix": None}, "prefix"),
+        ({"url": "redis://localhost", "on_error": "raise"}, "on_error"),
+        ({"url": "redis://localhost", "ttl": 0}, "ttl"),
+        ({"url": "redis://localhost", "ttl": 0.0001}, "ttl"),
+        ({"url": "redis://localhost", "ttl": float("inf")}, "ttl"),
+        ({"url": "redis://localhost", "timeout": -1}, "timeout"),
+        ({"url": "redis://localhost", "timeout": True}, "timeout"),
+        ({"url": "redis://localhost", "retry_after": float("nan")}, "retry_after"),
+        ({"url": "redis://localhost:notaport"}, "valid Redis URL"),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RedisStore(**kwargs)
+
+
+def test_a_store_is_a_store(make_store: Callable[..., RedisStore]) -> None:
+    store = make_store()
+    limit = RateLimit(store=store)  # RateLimit checks the protocol
+    bucket = bucket_for(limit, PAT, "t")
+    assert isinstance(bucket, RedisBucket)
+    assert bucket.key.startswith(DEFAULT_PREFIX)
+    assert "up" in repr(store)
+
+
+# --- End to end: channels to a real gRPC server, paced through Redis ---------------------------
+
+OTHER_CREDS = Credentials.from_pat("fake-other-pat-for-tests", user_id="u2", app_id="a2")
+
+
+def _list_models(channel: Any) -> Any:
+    return service_pb2_grpc.V2Stub(channel).ListModels(service_pb2.ListModelsRequest(), timeout=T)
+
+
+def test_channels_of_two_processes_pace_to_one_limit(
+    server: RedisServer, fake: FakeClarifai, make_store: Callable[..., RedisStore]
+) -> None:
+    """Two stores (as two processes), one PAT: the second's call is refused by the first's
+    permit; another PAT is not slowed; Redis holds neither secret."""
+
+    def channel() -> Any:
+        limit = RateLimit(per_second=0.5, max_wait=0, store=make_store())  # fail fast
+        return insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=limit)
+
+    one, two = channel(), channel()
+    try:
+        _list_models(one)
+        with pytest.raises(RateLimitedError) as refused:
+            _list_models(two)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        with use_credentials(OTHER_CREDS):
+            _list_models(two)
+    finally:
+        one.close()
+        two.close()
+    assert len(fake.calls_to("ListModels")) == 2
+    with server.client() as client:
+        keys = sorted(client.scan_iter("*"))
+        stored = b"".join(key + b"".join(client.hgetall(key).values()) for key in keys)
+    assert len(keys) == 2
+    assert all(key.startswith(DEFAULT_PREFIX.encode()) for key in keys)
+    assert PAT.encode() not in stored
+    assert OTHER_CREDS.secret.reveal().encode() not in stored
+
+
+def test_one_throttle_anywhere_wakes_every_process(
+    fake: FakeClarifai, make_store: Callable[..., RedisStore]
+) -> None:
+    throttled = service_pb2.MultiModelResponse()
+    throttled.status.code = status_code_pb2.CONN_THROTTLED
+    fake.script("ListModels", Reply(throttled))
+    first, second = RateLimit(store=make_store()), RateLimit(store=make_store())
+    channel = insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=first)
+    try:
+        assert _list_models(channel).status.code == status_code_pb2.CONN_THROTTLED
+    finally:
+        channel.close()
+    elsewhere = bucket_for(second, PAT, fake.target)  # the other "process"
+    assert isinstance(elsewhere, RedisBucket)
+    assert elsewhere.rate() == pytest.approx(first.initial_rate * 0.7, rel=0.1)
+    assert first.store.fallbacks == second.store.fallbacks == 0  # type: ignore[union-attr]
+    # The gauges read the shared rate through the bucket.
+    rates = limiter_rates()
+    assert list(rates) == [identity(PAT, fake.target, first)]
+    assert next(iter(rates.values())) == pytest.approx(first.initial_rate * 0.7, rel=0.1)
+
+
+@pytest.mark.parametrize("on_error", ["local", "fail"])
+def test_a_channel_with_redis_down(
+    own_server: RedisServer, fake: FakeClarifai, on_error: str
+) -> None:
+    store = RedisStore(own_server.url, on_error=on_error)  # type: ignore[arg-type]
+    own_server.kill()
+    limit = RateLimit(per_second=10, store=store)
+    channel = insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=limit)
+    try:
+        if on_error == "local":
+            assert _list_models(channel).status.code == status_code_pb2.SUCCESS
+        else:
+            with pytest.raises(RateLimitedError):
+                _list_models(channel)
+    finally:
+        channel.close()
+    assert len(fake.calls_to("ListModels")) == (1 if on_error == "local" else 0)
+    assert store.fallbacks == 1
+    store.close()
+
+
+@pytest.mark.asyncio
+async def test_aio_channels_pace_to_one_limit(server: RedisServer, fake: FakeClarifai) -> None:
+    stores = [RedisStore(server.url), RedisStore(server.url)]
+    limits = [RateLimit(per_second=0.5, max_wait=0, store=store) for store in stores]
+    async with (
+        cia.insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=limits[0]) as one,
+        cia.insecure_channel(fake.target, PAT_CREDS, retry=NO_RETRY, rate_limit=limits[1]) as two,
+    ):
+        await service_pb2_grpc.V2Stub(one).ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        with pytest.raises(RateLimitedError):
+            await service_pb2_grpc.V2Stub(two).ListModels(
+                service_pb2.ListModelsRequest(), timeout=T
+            )
+    assert len(fake.calls_to("ListModels")) == 1
+    for store in stores:
+        assert store.fallbacks == 0
+        await store.aclose()
+        store.close()
