@@ -294,7 +294,9 @@ class Sampler(threading.Thread):
                 with contextlib.suppress(Exception):  # a Redis bucket may be unreachable
                     rates.append(bucket.rate())
             known = [r for r in rates if r is not None]
-            self.rates.append((time.perf_counter() - self.start_time, max(known, default=None)))
+            rate = max(known, default=None)
+            at = round(time.perf_counter() - self.start_time, 3)
+            self.rates.append((at, None if rate is None else round(rate, 1)))
 
 
 def _ready(lines: Iterator[str]) -> None:
