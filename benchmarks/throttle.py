@@ -888,7 +888,9 @@ def plot(result: dict[str, Any], path: Path, workload: str = "fleet") -> bool:
                     dense[k] = throttled / SLICE
             if any(dense):
                 ax.plot(t, dense, color=color, lw=0.6, ls=":", alpha=0.7)
-            rates = [(t, r) for t, r in p["limiter_rates"] if r is not None]
+            # a shared limiter's rate is the fleet's: drawn as each process's share of it
+            per = len(processes) if cell["variant"] in FLEET_ONLY else 1
+            rates = [(t, r / per) for t, r in p["limiter_rates"] if r is not None]
             if rates:
                 ax.plot(*zip(*rates, strict=True), color=color, lw=0.8, ls="--")
         ax.axhline(share, color="grey", lw=0.6)
@@ -903,8 +905,8 @@ def plot(result: dict[str, Any], path: Path, workload: str = "fleet") -> bool:
         ax.axis("off")
     fig.suptitle(
         f"{WORKLOADS[workload][0]}, R = {rate:g}/s: successes/s per process (solid), its"
-        " limiter's rate (dashed), throttled attempts/s (dotted, clipped); grey: R / processes and"
-        " the window's end",
+        " limiter's rate (dashed; a shared one per process), throttled attempts/s (dotted,"
+        " clipped); grey: R / processes and the window's end",
         fontsize=9,
     )
     fig.tight_layout()
