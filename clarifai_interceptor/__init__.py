@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from clarifai_grpc.channel import clarifai_channel as _clarifai_channel
 
+from ._calls import CallOutcome, call_outcome
 from ._channel import insecure_channel, secure_channel, wrap_channel
 from ._context import use_credentials, use_retry
 from ._credentials import MAX_SECRET_LENGTH, Credentials, Secret
@@ -37,6 +38,7 @@ __all__ = [
     "READ_PATTERNS",
     "READ_RETRY",
     "WRITE_RETRY",
+    "CallOutcome",
     "ClarifaiInterceptor",
     "Credentials",
     "CredentialsProviderError",
@@ -48,6 +50,7 @@ __all__ = [
     "RetryPolicy",
     "Secret",
     "__version__",
+    "call_outcome",
     "clarifai_channel",
     "insecure_channel",
     "secure_channel",

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -21,10 +21,12 @@ from ._limiter import RateLimitedError
 from ._retry import Attempts, time_left
 
 __all__ = [
+    "CallOutcome",
     "CancelledCall",
     "Raised",
     "RetryFuture",
     "RetryingStream",
+    "call_outcome",
     "response_stream",
     "settled",
     "unary_response",
@@ -33,6 +35,52 @@ __all__ = [
 log = logging.getLogger("clarifai_interceptor")
 
 Start = Callable[[int], Any]  # starts attempt number n (with the time left); returns its call
+
+
+class CallOutcome(NamedTuple):
+    """How many attempts a call used, and what cut its retrying short (see `call_outcome`).
+
+    Attributes:
+        attempts: Attempts made, the first included.
+        cut_by: What ended the retrying before a final outcome: ``"attempts"``,
+            ``"deadline"``, ``"budget"``, ``"pushback"``, ``"limiter"``; None if none did.
+        throttled: How many of the attempts were throttled.
+    """
+
+    attempts: int
+    cut_by: str | None
+    throttled: int
+
+
+_SINGLE = CallOutcome(1, None, 0)
+
+
+def call_outcome(call: object) -> CallOutcome:
+    """The attempts behind a call object a channel of ours returned: ``with_call``'s call, a
+    ``future()``, or a response stream (sync or aio).
+
+    Free on the happy path: a call that was never retried is gRPC's own object, and reads as
+    one attempt with nothing cut.
+    """
+    attempts = getattr(call, "_attempts", None)
+    if not isinstance(attempts, Attempts):
+        return _SINGLE
+    return CallOutcome(attempts.number, attempts.cut_by, attempts.throttled)
+
+
+class Retried:
+    """gRPC's call object of a retried call's last attempt, with the attempts behind it (what
+    the wrapper's ``with_call`` returns after a retry). Everything else is delegated."""
+
+    def __init__(self, call: Any, attempts: Attempts) -> None:
+        self._call = call
+        self._attempts = attempts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def __repr__(self) -> str:
+        return f"<Retried {self._attempts.number} attempts: {self._call!r}>"
 
 
 def settled(call: Any) -> object:

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from ._calls import response_stream, unary_response
+from ._calls import Retried, response_stream, unary_response
 from ._context import RETRY, CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, RateLimitedError
@@ -159,6 +159,9 @@ class _Callable:
         outcome = run(attempts, attempt, _VIEWS[how])
         if isinstance(outcome, grpc.RpcError):
             raise outcome
+        if how == "with_call" and (attempts.number > 1 or attempts.cut_by):
+            response, last = outcome
+            return response, Retried(last, attempts)
         return outcome
 
     def _stream(
