@@ -25,7 +25,6 @@ from ._retry import (
     final_at_once,
     follow,
     for_testing,
-    method_name,
     permit_bound,
     run,
     time_left,
@@ -94,7 +93,7 @@ class _Callable:
         self._make_filling = make_filling
         self._filling: Any = None
         self._core = core
-        self._method = method_name(method)
+        self._method = method  # the full name: the hooks' RetryDetails and CallSummary carry it
         self._policy = core.method_policy(method)  # resolved once: every call pays nothing
 
     def _filling_mc(self) -> Any:
