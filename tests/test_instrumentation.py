@@ -1513,3 +1513,62 @@ def test_e2e_set_testing_attempts_forces_the_count(fake: FakeClarifai, front: st
     assert [r.wait for r in recorder.retries] == [0.0]
     (end,) = recorder.ends
     assert (end.attempts, end.cut_by) == (2, "attempts")
+
+
+@pytest.fixture
+def sdk_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: FsPath, fake: FakeClarifai
+) -> Iterator[Callable[..., Any]]:
+    """Makes a Clarifai SDK ``Model`` client on ``fake`` under ``sdk.install(**kwargs)``; no
+    Clarifai environment or CLI config leaks in, nothing stays installed."""
+    pytest.importorskip("clarifai")
+    from clarifai.client.model import Model  # noqa: PLC0415 (an optional dependency)
+
+    from clarifai_interceptor import sdk  # noqa: PLC0415
+
+    for name in ("CLARIFAI_PAT", "CLARIFAI_SESSION_TOKEN", "CLARIFAI_USER_ID", "CLARIFAI_APP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("CLARIFAI_API_BASE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with contextlib.ExitStack() as stack:
+
+        def make(**kwargs: Any) -> Any:
+            stack.enter_context(sdk.install(**kwargs))
+            return Model(
+                url="https://clarifai.com/fake-user/fake-app/models/fake-model",
+                pat="fake-sdk-pat-for-instrumentation",
+                base_url=f"http://{fake.target}",
+            )
+
+        yield make
+
+
+def test_e2e_the_sdk_integration_tells_the_hooks(
+    fake: FakeClarifai, sdk_model: Callable[..., Any]
+) -> None:
+    recorder = Recorder()
+    set_on_retry_hooks([recorder])
+    model = sdk_model(retry=EXACT)
+    fake.script("PostModelOutputs", grpc.StatusCode.UNAVAILABLE, THROTTLED)
+    model.predict_by_bytes(b"hi", input_type="text")
+    assert len(fake.calls_to("PostModelOutputs")) == 3
+    assert [(r.method, r.attempt, r.outcome, r.throttle) for r in recorder.retries] == [
+        ("/clarifai.api.V2/PostModelOutputs", 1, "UNAVAILABLE", False),
+        ("/clarifai.api.V2/PostModelOutputs", 2, "CONN_THROTTLED", True),
+    ]
+    assert [(e.attempts, e.outcome, e.throttled, e.cut_by) for e in recorder.ends] == [
+        (3, "SUCCESS", 1, None)
+    ]
+
+
+def test_e2e_set_testing_makes_the_sdks_retries_instant(
+    fake: FakeClarifai, sdk_model: Callable[..., Any]
+) -> None:
+    model = sdk_model()  # the default policy
+    fake.script("PostModelOutputs", *FOUR_FAILURES)
+    with set_testing(True):
+        start = time.monotonic()
+        model.predict_by_bytes(b"hi", input_type="text")
+        took = time.monotonic() - start
+    assert len(fake.calls_to("PostModelOutputs")) == 5
+    assert took < 0.1
