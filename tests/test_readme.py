@@ -13,7 +13,8 @@ nothing else:
   (the reader's own code: one ``PostModelOutputs`` through ``insecure_channel``).
 
 A block with top-level ``await`` runs in ``asyncio.run``. After a block, each ``test_*``
-function it defined is called (fixture ``clarifai_fake``: a started `FakeClarifai`). New blocks
+function it defined is called (fixtures ``clarifai_fake``: a started `FakeClarifai`, and
+``clarifai_testing``: `set_testing`, on for the test). New blocks
 are found by the fence alone: nothing here names a block.
 """
 
@@ -131,17 +132,19 @@ def _given() -> dict[str, Any]:
 
 
 def _run_tests(namespace: dict[str, Any]) -> None:
-    from clarifai_interceptor.testing import FakeClarifai  # noqa: PLC0415
+    from clarifai_interceptor.testing import FakeClarifai, set_testing  # noqa: PLC0415
 
     for name, test in list(namespace.items()):
         if not (name.startswith("test_") and inspect.isfunction(test)):
             continue
         params = list(inspect.signature(test).parameters)
-        unknown = set(params) - {"clarifai_fake"}
+        unknown = set(params) - {"clarifai_fake", "clarifai_testing"}
         if unknown:
             raise SystemExit(f"{name} asks for fixtures the README runner lacks: {unknown}")
-        with FakeClarifai() as fake:
-            test(*[fake for _ in params])
+        # The package's two fixtures, as its pytest plugin gives them.
+        with FakeClarifai() as fake, set_testing(True):
+            given = {"clarifai_fake": fake, "clarifai_testing": set_testing}
+            test(*[given[param] for param in params])
 
 
 def run_block(path: str) -> None:
