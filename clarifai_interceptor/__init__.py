@@ -1,9 +1,47 @@
-"""Authenticated, correctly scoped and resilient gRPC calls to the Clarifai API."""
+"""Authenticated, correctly scoped and resilient gRPC calls to the Clarifai API.
+
+Every call made through this package carries Clarifai's ``authorization`` header; a PAT's
+``user_app_id`` is filled in where the request leaves it empty; transient failures (gRPC
+``UNAVAILABLE``, Clarifai body statuses such as ``CONN_THROTTLED`` or ``MODEL_LOADING``) are
+retried through tenacity, and scope or auth errors never are. Sync and ``grpc.aio``, all four
+call kinds. Callers get gRPC's own errors and responses, never a wrapper.
+
+Main entry points:
+
+* `secure_channel` / `insecure_channel`: a channel to Clarifai (or a local server) with all of
+  the above built in, the cheapest path; `wrap_channel` does the same for a channel you built.
+* `ClarifaiInterceptor`: the same behaviour as an interceptor for ``grpc.intercept_channel``.
+* ``clarifai_interceptor.aio``: the ``grpc.aio`` channels and interceptors.
+* `Credentials` (``from_pat``, ``from_api_key``, ``from_session_token``, ``from_env``),
+  `RetryPolicy`, `RetryBudget` and `RateLimit`: frozen configuration objects.
+* `use_credentials` / `use_retry`: overrides for one block of code (threads and asyncio tasks
+  stay apart).
+* ``clarifai_interceptor.testing.FakeClarifai``: a real gRPC server faking Clarifai's V2
+  service, for your tests (the ``clarifai_fake`` pytest fixture serves one).
+
+Status codes in the constants (`DEFAULT_RETRYABLE_STATUSES`, `NEVER_RETRIED_STATUSES`) are
+Clarifai's ``status_code_pb2`` values: ``status_code_pb2.StatusCode.Name(code)`` names one.
+The README (the package's long description) is the guide; the API reference is built from
+these docstrings (``docs/`` in the source distribution).
+
+Example:
+    A channel with a PAT; ``credentials=None`` reads ``CLARIFAI_PAT`` and friends instead::
+
+        from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
+        import clarifai_interceptor as ci
+
+        creds = ci.Credentials.from_pat("YOUR_PAT", user_id="me", app_id="my-app")
+        with ci.secure_channel(credentials=creds) as channel:
+            stub = service_pb2_grpc.V2Stub(channel)
+            response = stub.ListModels(service_pb2.ListModelsRequest(per_page=1))
+            print(response.status.code)  # 10000 (SUCCESS), or the error Clarifai gave
+"""
 
 from __future__ import annotations
 
 from clarifai_grpc.channel import clarifai_channel as _clarifai_channel
 
+from ._calls import CallOutcome, call_outcome
 from ._channel import insecure_channel, secure_channel, wrap_channel
 from ._context import use_credentials, use_retry
 from ._credentials import MAX_SECRET_LENGTH, Credentials, Secret
@@ -37,6 +75,7 @@ __all__ = [
     "READ_PATTERNS",
     "READ_RETRY",
     "WRITE_RETRY",
+    "CallOutcome",
     "ClarifaiInterceptor",
     "Credentials",
     "CredentialsProviderError",
@@ -48,6 +87,7 @@ __all__ = [
     "RetryPolicy",
     "Secret",
     "__version__",
+    "call_outcome",
     "clarifai_channel",
     "insecure_channel",
     "secure_channel",

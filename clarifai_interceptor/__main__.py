@@ -1,22 +1,26 @@
-"""The command line: ``clarifai-interceptor demo`` and ``clarifai-interceptor scopes``.
+"""The command line: ``clarifai-interceptor demo``, ``scopes`` and ``fake``.
 
 Exit status: 0 success; 2 missing or malformed credentials, or Clarifai refused them (an auth or
-scope failure); 1 anything else. No secret is ever printed: a header that carries one is shown
-as ``Key <redacted>``, and ``--pat`` / ``--api-key`` read the secret from a prompt or stdin,
-never from argv (which other users of the machine can see).
+scope failure); 1 anything else. A reader that stops reading early (``scopes | head``) does not
+change the status. No secret given to the command line is ever printed: a header that carries
+one is shown as ``Key <redacted>``; ``--pat`` / ``--api-key`` read the secret from a prompt or
+stdin, never from argv (which other users of the machine can see), and a value typed after them
+anyway (``--pat=...``, ``--pa=...``, ``--pat ...``) appears in no message. ``fake`` prints the
+demo's two fake secrets, which are public constants of this module.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import getpass
 import io
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, NoReturn
@@ -52,7 +56,11 @@ _LABELS = {"pat": "PAT", "api_key": "API key", "session_token": "session token"}
 _SECRET_KEYS = frozenset({"authorization", "x-clarifai-session-token"})
 _AUTH_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 _STATUS_CODES = frozenset(status_code_pb2.StatusCode.values())
-_AUTH_STATUSES = frozenset(status_code_pb2.StatusCode.Name(s) for s in NEVER_RETRIED_STATUSES)
+# A PAT call that names no user (CLARIFAI_USER_ID unset) is refused as an invalid request.
+_AUTH_STATUSES = frozenset(
+    status_code_pb2.StatusCode.Name(s)
+    for s in (*NEVER_RETRIED_STATUSES, status_code_pb2.CONN_INVALID_REQUEST)
+)
 _ENV = "CLARIFAI_PAT (with CLARIFAI_USER_ID), CLARIFAI_API_KEY or CLARIFAI_SESSION_TOKEN"
 _PAD = "      "
 _EPILOG = """\
@@ -82,6 +90,22 @@ def _quiet(text: str) -> None:
 
 def _error(message: object) -> None:
     print(f"{_PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def _print(text: str) -> None:
+    """Print a line on stdout; once the reader has gone (``| head``), print nothing more."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        _drop_stdout()
+
+
+def _drop_stdout() -> None:
+    # Python flushes stdout again at exit: point it at devnull, or that fails too (and later
+    # lines would raise again). The Python docs' recipe for SIGPIPE.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 # -- one call, observed ------------------------------------------------------------------------
@@ -302,7 +326,8 @@ def _demo_fake(args: argparse.Namespace, say: Say) -> list[dict[str, Any]]:
         say(f"{_PROG} demo: scripted calls to a fake Clarifai API at {fake.target}, through")
         say(
             f"  insecure_channel() + V2Stub with a PAT for demo-user/demo-app; retries: up to "
-            f"{policy.max_attempts} attempts, waits from {policy.initial_backoff:g} s, x2, +/-20%"
+            f"{policy.max_attempts} attempts, waits from {policy.initial_backoff:g} s, "
+            f"x{policy.multiplier:g}, each shortened by up to {policy.jitter:.0%} (jitter)"
         )
         stub = service_pb2_grpc.V2Stub(channel)
         for number, case in enumerate(cases, 1):
@@ -361,7 +386,7 @@ def _demo_remote(args: argparse.Namespace, say: Say) -> tuple[list[Any], CliErro
 
 
 def _demo(args: argparse.Namespace) -> int:
-    say: Say = _quiet if args.json else functools.partial(print, flush=True)
+    say: Say = _quiet if args.json else _print
     refused = None
     if args.target is None:
         results = _demo_fake(args, say)
@@ -369,7 +394,7 @@ def _demo(args: argparse.Namespace) -> int:
         results, refused = _demo_remote(args, say)
     failed = [result["name"] for result in results if not result["ok"]]
     if args.json:
-        print(json.dumps(results, indent=2), flush=True)
+        _print(json.dumps(results, indent=2))
     elif failed:
         say(f"{len(failed)} of {len(results)} cases did not go as expected: {', '.join(failed)}")
     else:
@@ -407,24 +432,88 @@ def _scopes(args: argparse.Namespace) -> int:
         lines.append(f"app: {response.app.user_id}/{response.app.id}")
     lines += [f"scopes ({len(response.scopes)}):", *(f"  {scope}" for scope in response.scopes)]
     lines += [f"endpoints ({len(response.endpoints)}):", *(f"  {e}" for e in response.endpoints)]
-    print("\n".join(lines), flush=True)
+    _print("\n".join(lines))
+    return EXIT_OK
+
+
+# -- fake --------------------------------------------------------------------------------------
+
+
+#: What ``fake`` serves: the demo's secrets, a PAT with every scope and a one-scope API key.
+_FAKE_SECRETS: dict[str, list[str] | None] = {DEMO_PAT: None, DEMO_NARROW_KEY: ["Inputs_Get"]}
+
+
+def _fake(args: argparse.Namespace) -> int:
+    fake = FakeClarifai(secrets=_FAKE_SECRETS, pats=[DEMO_PAT], port=args.port)
+    try:
+        fake.start()
+    except RuntimeError:
+        raise CliError(f"cannot listen on 127.0.0.1:{args.port} (is the port in use?)") from None
+    stop = threading.Event()
+    restore = None
+    if threading.current_thread() is threading.main_thread():  # `kill` stops it as Ctrl-C does
+        restore = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        target = fake.target
+        _print(f"{_PROG} fake: a fake Clarifai API on {target} (plain TCP); Ctrl-C stops it")
+        _print(
+            f"  it knows the PAT {DEMO_PAT} (every scope; name a user: CLARIFAI_USER_ID) and "
+            f"the API key {DEMO_NARROW_KEY} (Inputs_Get only); other secrets get CONN_KEY_INVALID"
+        )
+        _print("  try, from another terminal:")
+        _print(
+            f"    CLARIFAI_API_KEY={DEMO_NARROW_KEY} {_PROG} scopes --insecure --target {target}"
+        )
+        _print(
+            f"    CLARIFAI_PAT={DEMO_PAT} CLARIFAI_USER_ID=me {_PROG} scopes --insecure "
+            f"--target {target}"
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(0.5):
+                pass
+    finally:
+        fake.stop()
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
+    _print(f"{_PROG} fake: stopped after {len(fake.calls)} calls")
     return EXIT_OK
 
 
 # -- the parser ----------------------------------------------------------------------------------
 
 
+_SECRET_FLAGS = ("--pat", "--api-key")
+_NO_VALUE = "--pat and --api-key take no value: they read the secret from a prompt or stdin"
+
+
+def _secret_values(argv: Sequence[str]) -> frozenset[str]:
+    """Values typed for a secret flag in any spelling argparse accepts: ``--pat=X``, ``--pa=X``,
+    ``--api=X`` (abbreviations), or ``--pat X`` (a stray argument after a flag)."""
+    values, after_flag = set(), False
+    for arg in argv:
+        name, equals, value = arg.partition("=")
+        is_flag = len(name) > 2 and any(flag.startswith(name) for flag in _SECRET_FLAGS)
+        if is_flag and equals:
+            values.add(value)
+        elif after_flag and not arg.startswith("-"):
+            values.add(arg)
+        after_flag = is_flag and not equals
+    return frozenset(value for value in values if value)
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 1 (2 means a credentials problem here) and never echo stray arguments."""
+    """Usage errors exit 1 (2 means a credentials problem here) and never echo stray arguments,
+    nor anything typed for a secret flag (``hidden``)."""
+
+    hidden: frozenset[str] = frozenset()
 
     def error(self, message: str) -> NoReturn:
         if message.startswith("unrecognized arguments"):  # `--pat SECRET` must not echo SECRET
-            message = (
-                "unrecognized arguments (not shown, in case one is a secret); --pat and "
-                "--api-key take no value: they read the secret from a prompt or stdin"
-            )
+            message = f"unrecognized arguments (not shown, in case one is a secret); {_NO_VALUE}"
         elif "invalid choice" in message:  # nor a secret typed where the command goes
-            message = "unknown command: choose demo or scopes"
+            message = "unknown command: choose demo, scopes or fake"
+        elif any(value in message for value in self.hidden):  # `--pat=SECRET`, `--pa=SECRET`
+            message = f"a value given to a secret flag (not shown); {_NO_VALUE}"
         self.print_usage(sys.stderr)
         self.exit(EXIT_FAILURE, f"{self.prog}: error: {message}\n")
 
@@ -434,6 +523,13 @@ def _seconds(text: str) -> float:
         if 0 < (value := float(text)) < float("inf"):
             return value
     raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+
+
+def _port(text: str) -> int:
+    with contextlib.suppress(ValueError):
+        if 0 <= (value := int(text)) <= 65535:
+            return value
+    raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535, got {text!r}")
 
 
 _DEMO_HELP = """\
@@ -451,9 +547,15 @@ CLARIFAI_SESSION_TOKEN; or, with --pat / --api-key, from a prompt or stdin's fir
 from argv). On an auth or scope failure it says which variable or flag held the secret (never
 the secret) and what Clarifai answered. Default target: CLARIFAI_GRPC_BASE, else
 api.clarifai.com:443."""
+_FAKE_HELP = """\
+Serve clarifai_interceptor.testing.FakeClarifai on 127.0.0.1 until Ctrl-C (or SIGTERM), so that
+`scopes --insecure` and your own code can be tried without Clarifai. Every V2 method answers
+SUCCESS; MyScopes answers the caller's scopes. It knows the demo's two fake secrets, which it
+prints: a PAT with every scope (calls with it must name a user, as on Clarifai) and an API key
+with Inputs_Get only; any other secret gets CONN_KEY_INVALID."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(hidden: frozenset[str] = frozenset()) -> argparse.ArgumentParser:
     # fmt: off
     common = _Parser(add_help=False)
     common.add_argument("--target", metavar="HOST[:PORT]", help="a Clarifai gRPC endpoint "
@@ -480,7 +582,14 @@ def _parser() -> argparse.ArgumentParser:
                             const=kind, help=f"use {label} read from a prompt or stdin, not the "
                             "environment (takes no value)")
     scopes.set_defaults(run=_scopes)
+    fake = commands.add_parser("fake", description=_FAKE_HELP, **options,
+                               help="run a fake Clarifai API on this machine until Ctrl-C")
+    fake.add_argument("--port", type=_port, default=0, metavar="N", help="the port on "
+                      "127.0.0.1 (default 0: a free one, printed)")
+    fake.set_defaults(run=_fake)
     # fmt: on
+    for each in (parser, common, demo, scopes, fake):
+        each.hidden = hidden
     return parser
 
 
@@ -490,8 +599,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: The arguments after the program name; ``sys.argv[1:]`` when None.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = _parser().parse_args(argv)
+        return _main(argv)
+    finally:
+        try:  # `--help | head`: argparse ignores the broken pipe, and exit would not
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _drop_stdout()
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        args = _parser(_secret_values(argv)).parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error
         return exc.code if isinstance(exc.code, int) else EXIT_FAILURE
     try:
@@ -501,10 +621,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.status
     except KeyboardInterrupt:
         _error("interrupted")
-        return EXIT_FAILURE
-    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as other tools do
-        # Python flushes stdout again at exit: point it at devnull, or that fails too.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
     return status
 

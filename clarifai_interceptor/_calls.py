@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
 from ._limiter import RateLimitedError
 from ._retry import Attempts, time_left
+from ._scheduler import Handle, call_later
 
 __all__ = [
+    "CallOutcome",
     "CancelledCall",
     "Raised",
     "RetryFuture",
     "RetryingStream",
+    "call_outcome",
     "response_stream",
     "settled",
     "unary_response",
@@ -35,16 +39,112 @@ log = logging.getLogger("clarifai_interceptor")
 Start = Callable[[int], Any]  # starts attempt number n (with the time left); returns its call
 
 
+class CallOutcome(NamedTuple):
+    """How many attempts a call used, and what cut its retrying short (see `call_outcome`).
+
+    Attributes:
+        attempts: Attempts made, the first included.
+        cut_by: What ended the retrying before a final outcome: ``"attempts"``,
+            ``"deadline"``, ``"budget"``, ``"pushback"``, ``"limiter"``; None if none did.
+        throttled: How many of the attempts were throttled.
+    """
+
+    attempts: int
+    cut_by: str | None
+    throttled: int
+
+
+_SINGLE = CallOutcome(1, None, 0)
+
+
+def call_outcome(call: object) -> CallOutcome:
+    """The attempts behind a call object a channel of ours returned: ``with_call``'s call, a
+    ``future()``, or a response stream (sync or aio).
+
+    Free on the happy path: a call that was never retried is gRPC's own object, and reads as
+    one attempt with nothing cut.
+    """
+    attempts = getattr(call, "_attempts", None)
+    if not isinstance(attempts, Attempts):
+        return _SINGLE
+    return CallOutcome(attempts.number, attempts.cut_by, attempts.throttled)
+
+
+class Retried(grpc.Call, grpc.Future):  # type: ignore[misc]
+    """gRPC's call object of a retried call's last attempt, with the attempts behind it (what
+    ``with_call`` returns after a retry, for `call_outcome`). Everything else is delegated."""
+
+    def __init__(self, call: Any, attempts: Attempts) -> None:
+        self._call = call
+        self._attempts = attempts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._call, name)
+
+    def __repr__(self) -> str:
+        return f"<Retried {self._attempts.number} attempts: {self._call!r}>"
+
+    def initial_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.initial_metadata(*args, **kwargs)
+
+    def trailing_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.trailing_metadata(*args, **kwargs)
+
+    def code(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.code(*args, **kwargs)
+
+    def details(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.details(*args, **kwargs)
+
+    def is_active(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.is_active(*args, **kwargs)
+
+    def time_remaining(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.time_remaining(*args, **kwargs)
+
+    def cancel(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.cancel(*args, **kwargs)
+
+    def add_callback(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.add_callback(*args, **kwargs)
+
+    def cancelled(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.cancelled(*args, **kwargs)
+
+    def running(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.running(*args, **kwargs)
+
+    def done(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.done(*args, **kwargs)
+
+    def result(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.result(*args, **kwargs)
+
+    def exception(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.exception(*args, **kwargs)
+
+    def traceback(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.traceback(*args, **kwargs)
+
+    def add_done_callback(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call.add_done_callback(*args, **kwargs)
+
+
 def settled(call: Any) -> object:
     """A finished unary call's outcome as the policy judges it: its RpcError or its response."""
     exc = call.exception()
     return exc if exc is not None else call.result()
 
 
-def _run_callbacks(callbacks: list[Callable[[Any], None]], arg: Any) -> None:
-    for callback in callbacks:
+_Callback = tuple[contextvars.Context, Callable[[Any], object]]
+
+
+def _run_callbacks(callbacks: list[_Callback], arg: Any) -> None:
+    """Run each callback in the context of the code that added it, as asyncio does: never in
+    whatever context gRPC's thread happened to copy (another tenant's `use_credentials`)."""
+    for context, callback in callbacks:
         try:
-            callback(arg)
+            context.run(callback, arg)
         except Exception:  # noqa: PERF203 (as grpc does: one failing callback spares the rest)
             log.exception("a done callback raised")
 
@@ -67,8 +167,9 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         self._call = first
         self._final: Any = None
         self._cancelled = False
-        self._timer: threading.Timer | None = None
-        self._callbacks: list[Callable[[Any], None]] = []
+        self._timer: Handle | None = None
+        self._callbacks: list[_Callback] = []
+        self._terminal: list[_Callback] = []  # add_callback's, run when the call ends
         if wait is None:
             first.add_done_callback(self._on_done)
         else:
@@ -87,9 +188,8 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         with self._cond:
             if not self._cancelled:
                 # The next attempt runs on a timer thread, in the caller's context.
-                self._timer = threading.Timer(wait, self._context.copy().run, (self._next,))
-                self._timer.daemon = True
-                self._timer.start()
+                # One scheduler thread runs every pending retry, in the caller's context.
+                self._timer = call_later(wait, functools.partial(self._context.run, self._next))
                 return
         self._finish(CancelledCall() if call is None else call)
 
@@ -118,6 +218,8 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             self._final = call
             self._cond.notify_all()
             callbacks, self._callbacks = self._callbacks, []
+            terminal, self._terminal = self._terminal, []
+        _run_callbacks(terminal, None)
         _run_callbacks(callbacks, self)
 
     def _wait(self, timeout: float | None) -> Any:
@@ -170,11 +272,12 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         return final.traceback()
 
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        context = contextvars.copy_context()
         with self._cond:
             if self._final is None:
-                self._callbacks.append(fn)
+                self._callbacks.append((context, fn))
                 return
-        _run_callbacks([fn], self)
+        _run_callbacks([(context, fn)], self)
 
     # grpc.Call
     def is_active(self) -> bool:
@@ -184,8 +287,14 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         return time_left(self._attempts.deadline)
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
-        call = self._call
-        return call is not None and bool(call.add_callback(callback))
+        """Call ``callback()`` when the whole call ends, its retries included (False if it
+        has ended)."""
+        context = contextvars.copy_context()
+        with self._cond:
+            if self._final is not None:
+                return False
+            self._terminal.append((context, lambda _arg: callback()))
+            return True
 
     def code(self) -> grpc.StatusCode:
         final = self._wait(None)
@@ -418,27 +527,39 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
         return details
 
 
-def unary_response(attempts: Attempts, start: Start) -> Any:
+def unary_response(attempts: Attempts, start: Start, blocking: bool = False) -> Any:
     """Start a unary-response call: its first attempt's call if final, else a `RetryFuture`.
 
-    The caller is never blocked: a first attempt the rate limiter paces starts on a timer, and
-    one it refuses comes back as a done future holding `RateLimitedError`.
+    A ``future()`` caller is never blocked: a first attempt the rate limiter paces starts on
+    the scheduler's timer, retries too, and a refused one comes back as a done future holding
+    `RateLimitedError`. A ``blocking`` call (the interceptor under ``__call__``/``with_call``,
+    whose continuation blocks) waits and retries in its caller's own thread instead, so that
+    nothing is sent once the caller is interrupted (Ctrl-C) and no thread is borrowed.
     """
     try:
         pace = attempts.first()
     except RateLimitedError as exc:
         return Raised(exc)
+    if blocking:
+        if pace:
+            time.sleep(pace)
+        call = start(1)
+        wait = attempts.after(settled(call))
+        while wait is not None:
+            time.sleep(wait)
+            attempts.resume()
+            call = start(attempts.number)
+            wait = attempts.after(settled(call))
+        return call if attempts.number == 1 else Retried(call, attempts)
     if pace:
         return RetryFuture(attempts, start, None, pace)
     first = start(1)
-    if attempts.policy.max_attempts == 1:
-        if attempts.limiter is not None:  # a throttle still teaches the limiter
-            first.add_done_callback(lambda call: call.cancelled() or attempts.after(settled(call)))
-        return first
-    if not first.done():  # future(): judged when it ends, without blocking the caller
-        return RetryFuture(attempts, start, first, None)
-    wait = attempts.after(settled(first))
-    return first if wait is None else RetryFuture(attempts, start, first, wait)
+    if first.done():
+        wait = attempts.after(settled(first))
+        return first if wait is None else RetryFuture(attempts, start, first, wait)
+    # Wrapped even when it cannot be retried: its done callbacks must run in their adder's
+    # context, and a throttle still teaches the limiter.
+    return RetryFuture(attempts, start, first, None)
 
 
 def response_stream(attempts: Attempts, start: Start) -> Any:

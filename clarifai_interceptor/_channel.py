@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from ._calls import response_stream, unary_response
+from ._calls import Retried, response_stream, unary_response
 from ._context import RETRY, CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, RateLimitedError
@@ -25,7 +25,6 @@ from ._retry import (
     final_at_once,
     follow,
     for_testing,
-    method_name,
     permit_bound,
     run,
     time_left,
@@ -94,7 +93,7 @@ class _Callable:
         self._make_filling = make_filling
         self._filling: Any = None
         self._core = core
-        self._method = method_name(method)
+        self._method = method  # the full name: the hooks' RetryDetails and CallSummary carry it
         self._policy = core.method_policy(method)  # resolved once: every call pays nothing
 
     def _filling_mc(self) -> Any:
@@ -159,6 +158,9 @@ class _Callable:
         outcome = run(attempts, attempt, _VIEWS[how])
         if isinstance(outcome, grpc.RpcError):
             raise outcome
+        if how == "with_call" and (attempts.number > 1 or attempts.cut_by):
+            response, last = outcome
+            return response, Retried(last, attempts)
         return outcome
 
     def _stream(

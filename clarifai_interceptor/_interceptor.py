@@ -40,6 +40,12 @@ class _CallDetails(
 _Details = Callable[[int, float | None], Any]  # (attempt number, timeout) -> call details
 
 
+def _blocks(continuation: Any) -> bool:
+    """Whether gRPC's continuation is its blocking one (``__call__``/``with_call``): then the
+    caller's thread is waiting anyway, and waits and retries run there."""
+    return "._with_call." in getattr(continuation, "__qualname__", "")
+
+
 class ClarifaiInterceptor(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
@@ -160,7 +166,7 @@ class ClarifaiInterceptor(
         def start(number: int) -> Any:
             return continuation(details(number, time_left(deadline)), request())
 
-        return unary_response(attempts, start)
+        return unary_response(attempts, start, _blocks(continuation))
 
     def _stream(
         self,

@@ -26,7 +26,7 @@ from ._core import DEFAULT_RETRY, Core
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._metadata import for_attempt
 from ._request import fill_copy, request_stream
-from ._retry import NO_RETRY, RetryPolicy, time_left
+from ._retry import NO_RETRY, Attempts, RetryPolicy, time_left
 from ._secret import SafeMetadata
 
 __all__ = [
@@ -159,7 +159,7 @@ class _Interceptor:
         except BaseException:
             call.cancel()
             raise
-        return kept(call, messages, head)
+        return kept(call, messages, head, attempts)
 
 
 class UnaryUnaryInterceptor(_Interceptor, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -223,10 +223,13 @@ class _Kept:
     reads it and asks it for status and metadata, which come from the kept attempt.
     """
 
-    def __init__(self, call: Any, messages: AsyncIterator[Any], head: object) -> None:
+    def __init__(
+        self, call: Any, messages: AsyncIterator[Any], head: object, attempts: Attempts
+    ) -> None:
         self._call = call
         self._messages = messages
         self._head = head
+        self._attempts = attempts  # for call_outcome()
 
     async def read(self) -> Any:
         head, self._head = self._head, _END

@@ -59,6 +59,10 @@ _REQUIRED_SCOPES: Mapping[str, frozenset[str]] = {
 }
 _SECRET_HEADERS = frozenset({"authorization", "x-clarifai-session-token"})
 _DEFAULT_STREAM_LENGTH = 3
+_NO_USER = (
+    "Invalid request: a PAT acts for a user, so the request must name the user (and app) in "
+    "user_app_id"
+)
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,28 @@ def _normalize(method: MethodDescriptor, outcome: Outcome) -> _Played:
     return outcome
 
 
+def _secret_of(call: RecordedCall) -> tuple[str, Status | None]:
+    """The call's secret, from ``authorization: Key <secret>`` or the session token header."""
+    authorization = call.header("authorization")
+    invalid = status_code_pb2.CONN_KEY_INVALID
+    if authorization is not None:
+        scheme, _, secret = authorization.partition(" ")
+        if scheme != "Key" or not secret:
+            return "", Status(invalid, "Invalid request: authorization is not 'Key <secret>'")
+        return secret, None
+    token = call.header("x-clarifai-session-token")
+    if token is None:
+        return "", Status(invalid, "Invalid request: no authorization header")
+    return token, None
+
+
+def _names_a_user(request: Message) -> bool:
+    """Whether a request names the user a PAT acts for (True where it has no such field)."""
+    if "user_app_id" not in request.DESCRIPTOR.fields_by_name:
+        return True
+    return bool(cast("Any", request).user_app_id.user_id)
+
+
 def _status_message(method: MethodDescriptor, code: int, description: str = "") -> Message:
     message = GetMessageClass(method.output_type)()
     response: Any = message
@@ -231,14 +257,20 @@ class FakeClarifai:
     Auth, only when ``secrets`` is given, is checked after the call is recorded and before any
     script is used. The secret comes from ``authorization: Key <secret>``, else from
     ``x-clarifai-session-token``. A missing, malformed or unknown secret gets body status
-    ``CONN_KEY_INVALID``; a secret lacking a scope the method needs (Clarifai's
-    ``cl_depending_scopes`` method option) gets ``CONN_INSUFFICIENT_SCOPES`` naming the missing
-    scopes. Both come with gRPC OK in an empty response (one message for server streams).
+    ``CONN_KEY_INVALID``; a PAT (a secret listed in ``pats``) whose request has a
+    ``user_app_id`` field naming no user gets ``CONN_INVALID_REQUEST`` saying so (a PAT acts
+    across a user's apps, so Clarifai needs to be told which); a secret lacking a scope the
+    method needs (Clarifai's ``cl_depending_scopes`` method option) gets
+    ``CONN_INSUFFICIENT_SCOPES`` naming the missing scopes. Each comes with gRPC OK in an empty
+    response (one message for server streams).
 
     Args:
         secrets: None for no auth checking. Otherwise maps each valid secret to its scope names
             (``scope_pb2.S`` names such as ``"Predict"``), or to None for every scope. The
             scope ``"All"`` also grants every scope.
+        pats: The secrets in ``secrets`` that are PATs: their calls must name a user in
+            ``user_app_id`` (where the request has the field). The others act as API keys,
+            which imply their app.
         max_workers: Threads serving calls (the most calls in flight at once).
         port: The port to serve on, 0 for a free one (a fixed port lets a test stop a fake
             and start another where clients already point).
@@ -246,13 +278,15 @@ class FakeClarifai:
             or None for plain TCP.
 
     Raises:
-        ValueError: A scope name is not a Clarifai scope.
+        ValueError: A scope name is not a Clarifai scope, or a PAT is not one of ``secrets``.
+        TypeError: Scopes or ``pats`` given as a single str.
     """
 
     def __init__(
         self,
         *,
         secrets: Mapping[str, Collection[str] | None] | None = None,
+        pats: Collection[str] = (),
         max_workers: int = 32,
         port: int = 0,
         tls: tuple[bytes, bytes] | None = None,
@@ -269,6 +303,11 @@ class FakeClarifai:
                     raise ValueError(msg)
                 every = scopes is None or "All" in scopes
                 self._secrets[secret] = None if every else frozenset(scopes or ())
+        if isinstance(pats, str):
+            raise TypeError("pats must be a collection of secrets, not a str")
+        self._pats = frozenset(pats)
+        if self._pats - set(self._secrets or ()):
+            raise ValueError("every secret in pats must also be a key of secrets")
         self._max_workers = max_workers
         self._bind_port = port
         self._tls = tls
@@ -449,17 +488,13 @@ class FakeClarifai:
         """Return (denial or None, the caller's scopes or None for every scope)."""
         if self._secrets is None:
             return None, None
-        authorization = call.header("authorization")
-        secret = call.header("x-clarifai-session-token")
-        invalid = status_code_pb2.CONN_KEY_INVALID
-        if authorization is not None:
-            scheme, _, secret = authorization.partition(" ")
-            if scheme != "Key" or not secret:
-                return Status(invalid, "Invalid request: authorization is not 'Key <secret>'"), None
-        elif secret is None:
-            return Status(invalid, "Invalid request: no authorization header"), None
-        if secret not in self._secrets:
-            return Status(invalid, "API key not found"), None
+        secret, denial = _secret_of(call)
+        if denial is None and secret not in self._secrets:
+            denial = Status(status_code_pb2.CONN_KEY_INVALID, "API key not found")
+        if denial is not None:
+            return denial, None
+        if secret in self._pats and not all(map(_names_a_user, call.requests[:1])):
+            return Status(status_code_pb2.CONN_INVALID_REQUEST, _NO_USER), None
         granted = self._secrets[secret]
         missing = _REQUIRED_SCOPES[method.name] - granted if granted is not None else set()
         if missing:

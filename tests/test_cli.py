@@ -7,10 +7,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,13 +21,15 @@ import pytest
 from clarifai_grpc.grpc.api import resources_pb2, service_pb2
 from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
 
-from clarifai_interceptor.__main__ import DEMO_NARROW_KEY, DEMO_PAT, main
+from clarifai_interceptor.__main__ import DEMO_NARROW_KEY, DEMO_PAT, _parser, main
 from clarifai_interceptor.testing import Delay, Fail, FakeClarifai, Outcome, Status
 
 # Most cases here give a PAT without CLARIFAI_USER_ID (MyScopes needs no user_app_id).
 pytestmark = pytest.mark.filterwarnings("ignore::clarifai_interceptor.NoUserIdWarning")
 
 CLI_PAT = "fake-cli-pat"
+TYPED = "fake-secret-typed-on-argv"  # a secret someone typed after --pat anyway
+README = Path(__file__).resolve().parent.parent / "README.md"
 UNKNOWN = "fake-unknown-secret"
 SCOPES = ["Apps_Get", "Concepts_Get", "Models_Get", "Predict"]  # what PostModelOutputs needs
 TIMEOUT = "5"  # seconds, for the CLI's own --timeout
@@ -68,7 +73,7 @@ def one_line(text: str) -> str:
 
 def no_secret(*texts: str) -> None:
     for text in texts:
-        for secret in (CLI_PAT, UNKNOWN, DEMO_PAT, DEMO_NARROW_KEY):
+        for secret in (CLI_PAT, UNKNOWN, DEMO_PAT, DEMO_NARROW_KEY, TYPED):
             assert secret not in text
 
 
@@ -374,7 +379,7 @@ def test_secret_flags_take_no_value_and_never_echo_one(
     assert auth_fake.calls == []
     assert main([CLI_PAT]) == 1  # a secret pasted where the command goes
     out, err = capsys.readouterr()
-    assert "unknown command: choose demo or scopes" in err
+    assert "unknown command: choose demo, scopes or fake" in err
     no_secret(out, err)
 
 
@@ -447,7 +452,15 @@ def test_a_silent_server_is_one_line_after_the_timeout(
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["nonsense"], ["scopes", "--timeout", "0"], ["scopes", "--pat", "--api-key"]]
+    "argv",
+    [
+        [],
+        ["nonsense"],
+        ["scopes", "--timeout", "0"],
+        ["scopes", "--pat", "--api-key"],
+        ["fake", "--port", "65536"],
+        ["fake", "--port", "x"],
+    ],
 )
 def test_usage_errors_exit_1(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 1
@@ -460,6 +473,7 @@ def test_usage_errors_exit_1(argv: list[str], capsys: pytest.CaptureFixture[str]
         (["--help"], ["demo", "scopes", "exit status:", "  2  missing"]),
         (["demo", "--help"], ["--target", "--json", "--timeout", "exit status:"]),
         (["scopes", "--help"], ["--pat", "--api-key", "--insecure", "CLARIFAI_PAT", "  1  any"]),
+        (["fake", "--help"], ["--port", "Ctrl-C", "scopes --insecure"]),
     ],
 )
 def test_help(argv: list[str], words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -508,7 +522,7 @@ def test_python_m_demo_into_a_pipe_closed_early() -> None:
         assert demo.stderr is not None
         assert demo.stdout.readline().startswith("clarifai-interceptor demo:")
         demo.stdout.close()  # as `| head -1` does
-        assert demo.wait(timeout=120) == 1
+        assert demo.wait(timeout=120) == 0  # the reader leaving is not a failure of the demo
         err = demo.stderr.read()
         assert "Traceback" not in err
         assert "BrokenPipeError" not in err
@@ -519,3 +533,173 @@ def test_python_m_help() -> None:
     assert done.returncode == 0, done.stderr
     assert "usage: clarifai-interceptor" in done.stdout
     assert "exit status:" in done.stdout
+
+
+# -- secrets typed on argv anyway ---------------------------------------------------------------
+
+
+SPELLINGS = [
+    [f"--pat={TYPED}"],
+    [f"--api-key={TYPED}"],
+    [f"--pa={TYPED}"],  # abbreviations argparse accepts
+    [f"--api={TYPED}"],
+    [f"--p={TYPED}"],
+    [f"--a={TYPED}"],
+    ["--pat", TYPED],
+    ["--pa", TYPED],
+    ["--api-key", TYPED],
+    ["--pat", f"--target={TYPED}"],  # not a secret flag, but the value looks like one: shown
+]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS[:-1], ids=" ".join)
+@pytest.mark.parametrize("where", ["scopes", "top level", "demo"])
+def test_a_value_typed_for_a_secret_flag_is_never_echoed(
+    spelling: list[str],
+    where: str,
+    auth_fake: FakeClarifai,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{CLI_PAT}\n"))
+    rest = ["--target", auth_fake.target, "--insecure", "--timeout", TIMEOUT]
+    argv = {
+        "scopes": ["scopes", *spelling, *rest],
+        "top level": [*spelling, "scopes", *rest],
+        "demo": ["demo", *spelling, *rest],
+    }[where]
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    no_secret(out, err)
+    assert "error:" in err
+    # The message says what to do instead (at the top level the value reads as the command).
+    assert "take no value" in err or (where == "top level" and "unknown command" in err)
+    assert auth_fake.calls == []
+
+
+def test_a_secret_flag_hides_only_what_was_typed_for_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scopes", "--timeout=fast"]) == 1  # not a secret flag: the value is shown
+    assert "'fast'" in capsys.readouterr().err
+
+
+# -- synopsis, demo header, broken pipes, fake ---------------------------------------------------
+
+
+def readme_synopsis() -> dict[str, str]:
+    """The README's command-line synopsis: command -> its line."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Command line", 1)[1]
+    block = section.split("```", 2)[1]
+    lines = [line for line in block.splitlines() if line.startswith("clarifai-interceptor ")]
+    return {line.split()[1]: line for line in lines}
+
+
+def test_readme_synopsis_lists_every_command_and_option() -> None:
+    commands = _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    synopsis = readme_synopsis()
+    assert sorted(synopsis) == sorted(commands)
+    for name, command in commands.items():
+        options = {
+            option
+            for action in command._actions
+            for option in action.option_strings
+            if option.startswith("--") and option != "--help"
+        }
+        listed = set(re.findall(r"--[a-z][a-z-]*", synopsis[name]))
+        assert listed == options, name
+
+
+def test_demo_header_says_jitter_only_shortens_waits(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--timeout", TIMEOUT]) == 0
+    header = capsys.readouterr().out.splitlines()[1]
+    assert "each shortened by up to 20% (jitter)" in header
+    assert "+/-" not in header
+
+
+def closed_stdout(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run the CLI with its stdout a pipe closed before anything is written: `| head -0`."""
+    read, write = os.pipe()
+    os.close(read)  # every write to stdout now fails with EPIPE, deterministically
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "clarifai_interceptor", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env or clean_env(),
+            check=False,
+        )
+    finally:
+        os.close(write)
+    return done.returncode, done.stderr
+
+
+def test_scopes_into_a_closed_pipe_exits_as_the_call_went(auth_fake: FakeClarifai) -> None:
+    env = {**clean_env(), "CLARIFAI_API_KEY": CLI_PAT}
+    argv = ["scopes", "--insecure", "--target", auth_fake.target, "--timeout", TIMEOUT]
+    status, err = closed_stdout(*argv, env=env)
+    assert (status, err) == (0, "")
+    assert len(auth_fake.calls_to("MyScopes")) == 1
+    refused = {**clean_env(), "CLARIFAI_API_KEY": UNKNOWN}
+    status, err = closed_stdout(*argv, env=refused)
+    assert status == 2  # a failure is still one, with its line on stderr
+    assert "CONN_KEY_INVALID" in one_line(err)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo"], ["demo", "--json"]])
+def test_other_output_into_a_closed_pipe_is_quiet(argv: list[str]) -> None:
+    assert closed_stdout(*argv) == (0, "")
+
+
+def test_fake_serves_until_interrupted_and_scopes_can_try_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "clarifai_interceptor", "fake", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    ) as fake:
+        assert fake.stdout is not None
+        assert fake.stderr is not None
+        try:
+            first = fake.stdout.readline()
+            found = re.search(r"on (127\.0\.0\.1:\d+) \(plain TCP\); Ctrl-C stops it", first)
+            assert found, first
+            target = found.group(1)
+            printed = "".join(fake.stdout.readline() for _ in range(4))
+            assert f"scopes --insecure --target {target}" in printed
+            argv = ["scopes", "--insecure", "--target", target, "--timeout", TIMEOUT]
+            monkeypatch.setenv("CLARIFAI_API_KEY", DEMO_NARROW_KEY)
+            assert main(argv) == 0
+            assert "scopes (1):\n  Inputs_Get\n" in capsys.readouterr().out
+            monkeypatch.delenv("CLARIFAI_API_KEY")
+            monkeypatch.setenv("CLARIFAI_PAT", DEMO_PAT)
+            assert main(argv) == 2  # a PAT must name its user, as on Clarifai
+            assert "CONN_INVALID_REQUEST" in one_line(capsys.readouterr().err)
+            monkeypatch.setenv("CLARIFAI_USER_ID", "me")
+            assert main(argv) == 0
+            assert "acting on me/*" in capsys.readouterr().out
+        finally:
+            fake.send_signal(signal.SIGINT)  # Ctrl-C
+            status = fake.wait(timeout=60)
+        assert status == 0
+        assert "stopped after 3 calls" in fake.stdout.read()
+        assert fake.stderr.read() == ""
+
+
+def test_fake_stops_on_sigterm_too() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "clarifai_interceptor", "fake"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    ) as fake:
+        assert fake.stdout is not None
+        assert "Ctrl-C stops it" in fake.stdout.readline()
+        fake.terminate()
+        assert fake.wait(timeout=60) == 0
+        assert "stopped after 0 calls" in fake.stdout.read()

@@ -17,11 +17,16 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path as FsPath
 from typing import Any
 
+import grpc
 import pytest
+from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
+from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
+from conftest import PAT_CREDS
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -30,7 +35,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry, generate_latest
 
 import clarifai_interceptor.testing
-from clarifai_interceptor import _limiter, _switch
+from clarifai_interceptor import (
+    DEFAULT_RATE_LIMIT,
+    ClarifaiInterceptor,
+    RetryPolicy,
+    _limiter,
+    _switch,
+    aio,
+    insecure_channel,
+)
 from clarifai_interceptor._limiter import RateLimit
 from clarifai_interceptor._retry import RetryBudget, TokenBucket
 from clarifai_interceptor._switch import TESTING, set_testing
@@ -45,11 +58,13 @@ from clarifai_interceptor.instrumentation import (
     get_on_retry_hooks,
     set_on_retry_hooks,
 )
+from clarifai_interceptor.testing import Fail, FakeClarifai, Stream
 
 ROOT = FsPath(__file__).resolve().parent.parent
 METHOD = "/clarifai.api.V2/PostInputs"
 ATTRIBUTE_METHOD = "clarifai.api.V2/PostInputs"
 TARGET = "fake.target.example:443"
+SUCCESS = status_code_pb2.SUCCESS
 
 
 @pytest.fixture(autouse=True)
@@ -1037,3 +1052,523 @@ def test_the_pytest_fixture_turns_testing_on_and_restores_after(
     assert TESTING.attempts is None  # on, with each policy's attempts
     clarifai_testing(True, attempts=3)
     assert TESTING.max_attempts(5) == 3
+
+
+# -- end to end: a real server, every front end ----------------------------------------------
+
+THROTTLED = status_code_pb2.CONN_THROTTLED
+#: Exact waits: 0.01 s, then 0.02 s, ... (after a throttle too).
+EXACT = RetryPolicy(
+    initial_backoff=0.01, throttle_backoff=0.01, multiplier=2.0, jitter=0.0, max_backoff=1.0
+)
+FRONTS = (
+    "wrapper",
+    "interceptor",
+    "wrapper-future",
+    "interceptor-future",
+    "aio-channel",
+    "aio-interceptors",
+)
+E2E_T = 10
+
+
+class Recorder:
+    """A hook that keeps every record it is given (from any thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.retries: list[RetryDetails] = []
+        self.ends: list[CallSummary] = []
+
+    def __call__(self, details: RetryDetails) -> None:
+        with self.lock:
+            self.retries.append(details)
+
+    def on_call_end(self, summary: CallSummary) -> None:
+        with self.lock:
+            self.ends.append(summary)
+
+
+def post_inputs(
+    front: str,
+    target: str,
+    retry: RetryPolicy | None = EXACT,
+    rate_limit: RateLimit | None = None,
+    timeout: float = E2E_T,
+) -> Any:
+    """One PostInputs call through ``front``: the response, or the RpcError it raised."""
+    request = service_pb2.PostInputsRequest()
+    if front.startswith("aio"):
+
+        async def call() -> Any:
+            if front == "aio-channel":
+                channel = aio.insecure_channel(
+                    target, PAT_CREDS, retry=retry, rate_limit=rate_limit
+                )
+            else:
+                chain = aio.interceptors(
+                    PAT_CREDS, retry=retry, rate_limit=rate_limit, target=target
+                )
+                channel = grpc.aio.insecure_channel(target, interceptors=chain)
+            async with channel:
+                try:
+                    return await service_pb2_grpc.V2Stub(channel).PostInputs(
+                        request, timeout=timeout
+                    )
+                except grpc.RpcError as exc:
+                    return exc
+
+        return asyncio.run(call())
+    if front.startswith("wrapper"):
+        channel = insecure_channel(target, PAT_CREDS, retry=retry, rate_limit=rate_limit)
+    else:
+        interceptor = ClarifaiInterceptor(
+            PAT_CREDS, retry=retry, rate_limit=rate_limit, target=target
+        )
+        channel = grpc.intercept_channel(grpc.insecure_channel(target), interceptor)
+    with channel:
+        method = service_pb2_grpc.V2Stub(channel).PostInputs
+        try:
+            if front.endswith("future"):
+                return method.future(request, timeout=timeout).result(timeout=E2E_T)
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            return exc
+
+
+def check_details(record: RetryDetails, target: str, deadline: float = E2E_T) -> None:
+    assert record.method == METHOD
+    assert record.target == target
+    assert 0 <= record.elapsed < E2E_T
+    assert record.deadline_left is not None
+    assert 0 < record.deadline_left <= deadline
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_e2e_hooks_see_each_retry_and_the_calls_summary(fake: FakeClarifai, front: str) -> None:
+    recorder = Recorder()
+    set_on_retry_hooks([recorder])
+    fake.script("PostInputs", grpc.StatusCode.UNAVAILABLE, THROTTLED)
+    response = post_inputs(front, fake.target)
+    assert response.status.code == status_code_pb2.SUCCESS
+    assert len(fake.calls_to("PostInputs")) == 3
+    first, second = recorder.retries
+    assert (first.attempt, first.outcome, first.throttle, first.wait, first.reason) == (
+        1,
+        "UNAVAILABLE",
+        False,
+        0.01,
+        "backoff",
+    )
+    assert (second.attempt, second.outcome, second.throttle, second.wait, second.reason) == (
+        2,
+        "CONN_THROTTLED",
+        True,
+        0.02,
+        "backoff",
+    )
+    for record in (first, second):
+        check_details(record, fake.target)
+    assert first.elapsed <= second.elapsed
+    (end,) = recorder.ends
+    assert (end.method, end.target, end.attempts, end.outcome, end.throttled, end.cut_by) == (
+        METHOD,
+        fake.target,
+        3,
+        "SUCCESS",
+        1,
+        None,
+    )
+    assert end.waited == pytest.approx(0.03)
+    assert end.elapsed >= end.waited
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_e2e_the_happy_path_tells_no_hook(fake: FakeClarifai, front: str) -> None:
+    recorder = Recorder()
+    set_on_retry_hooks([recorder])
+    assert post_inputs(front, fake.target).status.code == status_code_pb2.SUCCESS
+    assert recorder.retries == []
+    assert recorder.ends == []
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_e2e_a_raising_hook_does_not_fail_the_call(fake: FakeClarifai, front: str) -> None:
+    recorder = Recorder()
+
+    class Broken:
+        def __call__(self, details: RetryDetails) -> contextlib.AbstractContextManager[None]:
+            raise RuntimeError("hook bug")
+
+        def on_call_end(self, summary: CallSummary) -> None:
+            raise RuntimeError("summary bug")
+
+    set_on_retry_hooks([Broken(), recorder])
+    fake.script("PostInputs", grpc.StatusCode.UNAVAILABLE)
+    assert post_inputs(front, fake.target).status.code == status_code_pb2.SUCCESS
+    assert len(fake.calls_to("PostInputs")) == 2
+    assert [r.attempt for r in recorder.retries] == [1]
+    assert [e.attempts for e in recorder.ends] == [2]
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_e2e_a_context_manager_spans_the_wait_and_ends_before_the_next_attempt(
+    fake: FakeClarifai, front: str
+) -> None:
+    times: list[tuple[str, int, float]] = []
+
+    @contextlib.contextmanager
+    def waiting(details: RetryDetails) -> Iterator[None]:
+        times.append(("enter", details.attempt, time.monotonic()))
+        yield
+        times.append(("leave", details.attempt, time.monotonic()))
+
+    set_on_retry_hooks([waiting])
+    fake.script("PostInputs", grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE)
+    assert post_inputs(front, fake.target).status.code == status_code_pb2.SUCCESS
+    arrivals = [call.time for call in fake.calls_to("PostInputs")]
+    assert [(what, attempt) for what, attempt, _ in times] == [
+        ("enter", 1),
+        ("leave", 1),
+        ("enter", 2),
+        ("leave", 2),
+    ]
+    (_, _, enter1), (_, _, leave1), (_, _, enter2), (_, _, leave2) = times
+    # Entered after the failed attempt reached the server, left before the next one did.
+    assert arrivals[0] <= enter1 <= leave1 <= arrivals[1] <= enter2 <= leave2 <= arrivals[2]
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_e2e_otel_and_prometheus_count_exactly(fake: FakeClarifai, front: str) -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    registry = CollectorRegistry()
+    set_on_retry_hooks(
+        [OpenTelemetryInstruments(meter_provider=meters), PrometheusInstruments(registry)]
+    )
+    fake.script("PostInputs", grpc.StatusCode.UNAVAILABLE, THROTTLED)
+    assert post_inputs(front, fake.target).status.code == status_code_pb2.SUCCESS
+    fake.script("PostInputs", *[grpc.StatusCode.UNAVAILABLE] * 5)
+    assert post_inputs(front, fake.target).code() == grpc.StatusCode.UNAVAILABLE
+    found = metrics(reader)
+    where = {"grpc.method": ATTRIBUTE_METHOD, "grpc.target": fake.target}
+    retries = points(found["grpc.client.call.retries"])
+    ok = frozenset({**where, "clarifai.outcome": "SUCCESS"}.items())
+    failed = frozenset({**where, "clarifai.outcome": "UNAVAILABLE"}.items())
+    assert {k: (p.count, p.sum) for k, p in retries.items()} == {ok: (1, 2), failed: (1, 4)}
+    delay = points(found["grpc.client.call.retry_delay"])
+    assert delay[ok].sum == pytest.approx(0.03)
+    assert delay[failed].sum == pytest.approx(0.01 + 0.02 + 0.04 + 0.08)
+    per_retry = points(found["clarifai.client.retries"])
+    assert {dict(k)["clarifai.outcome"]: p.value for k, p in per_retry.items()} == {
+        "UNAVAILABLE": 5,
+        "CONN_THROTTLED": 1,
+    }
+    throttled = points(found["clarifai.client.attempts.throttled"])
+    assert {k: p.value for k, p in throttled.items()} == {frozenset(where.items()): 1}
+    given_up = points(found["clarifai.client.calls.given_up"])
+    assert {k: p.value for k, p in given_up.items()} == {
+        frozenset(
+            {**where, "clarifai.outcome": "UNAVAILABLE", "clarifai.cut_by": "attempts"}.items()
+        ): 1
+    }
+    value = registry.get_sample_value
+    prom = {"grpc_method": ATTRIBUTE_METHOD, "grpc_target": fake.target}
+    assert value("clarifai_client_call_retries_sum", {**prom, "outcome": "SUCCESS"}) == 2
+    assert value("clarifai_client_call_retries_sum", {**prom, "outcome": "UNAVAILABLE"}) == 4
+    assert value(
+        "clarifai_client_call_retry_delay_seconds_sum", {**prom, "outcome": "UNAVAILABLE"}
+    ) == pytest.approx(0.15)
+    assert value("clarifai_client_attempts_throttled_total", prom) == 1
+    assert (
+        value(
+            "clarifai_client_calls_given_up_total",
+            {**prom, "outcome": "UNAVAILABLE", "cut_by": "attempts"},
+        )
+        == 1
+    )
+    meters.shutdown()
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_e2e_otel_adds_span_events_to_the_callers_span(fake: FakeClarifai, front: str) -> None:
+    exporter = InMemorySpanExporter()
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(exporter))
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    set_on_retry_hooks([OpenTelemetryInstruments(meter_provider=meters)])
+    fake.script("PostInputs", grpc.StatusCode.UNAVAILABLE, THROTTLED)
+    tracer = tracers.get_tracer("test")
+    # asyncio.run (inside post_inputs) runs its task in a copy of this context: the span too.
+    with tracer.start_as_current_span("caller"):
+        assert post_inputs(front, fake.target).status.code == status_code_pb2.SUCCESS
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "caller"]
+    events = [dict(e.attributes) for e in span.events if e.name == "clarifai.retry"]
+    assert [(e["clarifai.retry.attempt"], e["clarifai.outcome"]) for e in events] == [
+        (1, "UNAVAILABLE"),
+        (2, "CONN_THROTTLED"),
+    ]
+    assert events[1]["clarifai.retry.throttle"] is True
+    assert events[0]["grpc.target"] == fake.target
+    meters.shutdown()
+    tracers.shutdown()
+
+
+PUSHBACK_30MS = Fail(
+    grpc.StatusCode.UNAVAILABLE, trailing_metadata=(("grpc-retry-pushback-ms", "30"),)
+)
+NO_RETRY_PLEASE = Fail(
+    grpc.StatusCode.UNAVAILABLE, trailing_metadata=(("grpc-retry-pushback-ms", "-1"),)
+)
+#: Each case: the script, the policy, the rate limit, then the expected summary.
+CUT_CASES = {
+    "attempts": (
+        [grpc.StatusCode.UNAVAILABLE] * 3,
+        dataclasses.replace(EXACT, max_attempts=3),
+        None,
+        (3, "UNAVAILABLE", "attempts", 0.03),
+    ),
+    "budget": (
+        [grpc.StatusCode.UNAVAILABLE],
+        dataclasses.replace(EXACT, budget=RetryBudget(max_tokens=2)),
+        None,
+        (1, "UNAVAILABLE", "budget", 0.0),
+    ),
+    "pushback": (
+        [NO_RETRY_PLEASE],
+        EXACT,
+        None,
+        (1, "UNAVAILABLE", "pushback", 0.0),
+    ),
+    "deadline": (
+        [grpc.StatusCode.UNAVAILABLE],
+        dataclasses.replace(EXACT, initial_backoff=5.0, max_backoff=5.0, timeout=1.0),
+        None,
+        (1, "UNAVAILABLE", "deadline", 0.0),
+    ),
+    "limiter": (
+        [grpc.StatusCode.UNAVAILABLE],
+        EXACT,
+        RateLimit(per_second=1.0, max_wait=0.0),
+        (1, "UNAVAILABLE", "limiter", 0.0),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CUT_CASES)
+@pytest.mark.parametrize("front", FRONTS)
+def test_e2e_the_summary_says_what_cut_the_retrying_short(
+    fake: FakeClarifai, front: str, case: str
+) -> None:
+    script, policy, limit, (attempts, outcome, cut_by, waited) = CUT_CASES[case]
+    recorder = Recorder()
+    set_on_retry_hooks([recorder])
+    fake.script("PostInputs", *script)
+    result = post_inputs(front, fake.target, retry=policy, rate_limit=limit)
+    assert result.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(fake.calls_to("PostInputs")) == attempts
+    (end,) = recorder.ends
+    assert (end.attempts, end.outcome, end.cut_by, end.throttled) == (
+        attempts,
+        outcome,
+        cut_by,
+        0,
+    )
+    assert end.waited == pytest.approx(waited)
+    assert len(recorder.retries) == attempts - 1
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_e2e_the_reason_is_pushback_or_limiter_when_they_set_the_wait(
+    fake: FakeClarifai, front: str
+) -> None:
+    recorder = Recorder()
+    set_on_retry_hooks([recorder])
+    fake.script("PostInputs", PUSHBACK_30MS)
+    assert post_inputs(front, fake.target).status.code == status_code_pb2.SUCCESS
+    fake.script("PostInputs", grpc.StatusCode.UNAVAILABLE)
+    # 20 attempts/s: the retry's permit comes about 50 ms after the first's, past the 10 ms
+    # backoff, so the limiter sets the wait.
+    limit = RateLimit(per_second=20.0, max_wait=None)
+    assert post_inputs(front, fake.target, rate_limit=limit).status.code == SUCCESS
+    pushed, paced = recorder.retries
+    assert (pushed.reason, pushed.wait) == ("pushback", pytest.approx(0.03))
+    assert paced.reason == "limiter"
+    assert 0.01 < paced.wait <= 0.05
+    assert [e.waited for e in recorder.ends] == [
+        pytest.approx(0.03),
+        pytest.approx(paced.wait),
+    ]
+
+
+@pytest.mark.parametrize("front", ["wrapper", "interceptor", "aio-channel", "aio-interceptors"])
+def test_e2e_a_response_stream_is_retried_with_hooks_until_its_first_message(
+    fake: FakeClarifai, front: str
+) -> None:
+    recorder = Recorder()
+    set_on_retry_hooks([recorder])
+    reply = service_pb2.MultiLogEntryResponse(status=status_pb2.Status(code=SUCCESS))
+    fake.script(
+        "StreamLogEntries",
+        grpc.StatusCode.UNAVAILABLE,
+        Stream([reply, reply], error=Fail(grpc.StatusCode.UNAVAILABLE)),
+    )
+    request = service_pb2.StreamLogEntriesRequest()
+    if front.startswith("aio"):
+
+        async def read() -> tuple[int, Any]:
+            channel = (
+                aio.insecure_channel(fake.target, PAT_CREDS, retry=EXACT, rate_limit=None)
+                if front == "aio-channel"
+                else grpc.aio.insecure_channel(
+                    fake.target,
+                    interceptors=aio.interceptors(
+                        PAT_CREDS, retry=EXACT, rate_limit=None, target=fake.target
+                    ),
+                )
+            )
+            async with channel:
+                got = 0
+                try:
+                    async for _ in service_pb2_grpc.V2Stub(channel).StreamLogEntries(
+                        request, timeout=E2E_T
+                    ):
+                        got += 1
+                except grpc.RpcError as exc:
+                    return got, exc.code()
+            return got, None
+
+        got, code = asyncio.run(read())
+    else:
+        if front == "wrapper":
+            channel = insecure_channel(fake.target, PAT_CREDS, retry=EXACT, rate_limit=None)
+        else:
+            interceptor = ClarifaiInterceptor(
+                PAT_CREDS, retry=EXACT, rate_limit=None, target=fake.target
+            )
+            channel = grpc.intercept_channel(grpc.insecure_channel(fake.target), interceptor)
+        got, code = 0, None
+        with channel:
+            try:
+                for _ in service_pb2_grpc.V2Stub(channel).StreamLogEntries(request, timeout=E2E_T):
+                    got += 1
+            except grpc.RpcError as exc:
+                code = exc.code()
+    # Retried once before the first message; the error after it reaches the caller as is.
+    assert (got, code) == (2, grpc.StatusCode.UNAVAILABLE)
+    assert len(fake.calls_to("StreamLogEntries")) == 2
+    assert [(r.method, r.attempt, r.outcome) for r in recorder.retries] == [
+        ("/clarifai.api.V2/StreamLogEntries", 1, "UNAVAILABLE")
+    ]
+    assert [(e.attempts, e.cut_by) for e in recorder.ends] == [(2, None)]
+
+
+FOUR_FAILURES = [grpc.StatusCode.UNAVAILABLE] * 4
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_e2e_set_testing_makes_four_retries_instant(fake: FakeClarifai, front: str) -> None:
+    fake.script("PostInputs", *FOUR_FAILURES)
+    with set_testing(True):
+        start = time.monotonic()
+        response = post_inputs(
+            front, fake.target, retry=RetryPolicy(), rate_limit=DEFAULT_RATE_LIMIT
+        )
+        took = time.monotonic() - start
+    assert response.status.code == status_code_pb2.SUCCESS
+    assert len(fake.calls_to("PostInputs")) == 5
+    assert took < 0.1
+
+
+@pytest.mark.parametrize("front", ["wrapper", "aio-channel"])
+def test_e2e_without_set_testing_the_same_case_waits_the_backoff(
+    fake: FakeClarifai, front: str
+) -> None:
+    recorder = Recorder()
+    set_on_retry_hooks([recorder])
+    fake.script("PostInputs", *FOUR_FAILURES)
+    start = time.monotonic()
+    response = post_inputs(front, fake.target, retry=RetryPolicy(), rate_limit=DEFAULT_RATE_LIMIT)
+    took = time.monotonic() - start
+    assert response.status.code == status_code_pb2.SUCCESS
+    # The default policy: 0.1, 0.2, 0.4, 0.8 s, each shortened by at most 20 % jitter.
+    waits = [r.wait for r in recorder.retries]
+    assert len(waits) == 4
+    for wait, base in zip(waits, (0.1, 0.2, 0.4, 0.8), strict=True):
+        assert 0.8 * base <= wait <= base
+    assert took >= sum(waits)
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_e2e_set_testing_attempts_forces_the_count(fake: FakeClarifai, front: str) -> None:
+    recorder = Recorder()
+    set_on_retry_hooks([recorder])
+    fake.script("PostInputs", *FOUR_FAILURES)
+    with set_testing(True, attempts=2):
+        outcome = post_inputs(
+            front, fake.target, retry=RetryPolicy(), rate_limit=DEFAULT_RATE_LIMIT
+        )
+    assert outcome.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(fake.calls_to("PostInputs")) == 2
+    assert [r.wait for r in recorder.retries] == [0.0]
+    (end,) = recorder.ends
+    assert (end.attempts, end.cut_by) == (2, "attempts")
+
+
+@pytest.fixture
+def sdk_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: FsPath, fake: FakeClarifai
+) -> Iterator[Callable[..., Any]]:
+    """Makes a Clarifai SDK ``Model`` client on ``fake`` under ``sdk.install(**kwargs)``; no
+    Clarifai environment or CLI config leaks in, nothing stays installed."""
+    pytest.importorskip("clarifai")
+    from clarifai.client.model import Model  # noqa: PLC0415 (an optional dependency)
+
+    from clarifai_interceptor import sdk  # noqa: PLC0415
+
+    for name in ("CLARIFAI_PAT", "CLARIFAI_SESSION_TOKEN", "CLARIFAI_USER_ID", "CLARIFAI_APP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("CLARIFAI_API_BASE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with contextlib.ExitStack() as stack:
+
+        def make(**kwargs: Any) -> Any:
+            stack.enter_context(sdk.install(**kwargs))
+            return Model(
+                url="https://clarifai.com/fake-user/fake-app/models/fake-model",
+                pat="fake-sdk-pat-for-instrumentation",
+                base_url=f"http://{fake.target}",
+            )
+
+        yield make
+
+
+def test_e2e_the_sdk_integration_tells_the_hooks(
+    fake: FakeClarifai, sdk_model: Callable[..., Any]
+) -> None:
+    recorder = Recorder()
+    set_on_retry_hooks([recorder])
+    model = sdk_model(retry=EXACT)
+    fake.script("PostModelOutputs", grpc.StatusCode.UNAVAILABLE, THROTTLED)
+    model.predict_by_bytes(b"hi", input_type="text")
+    assert len(fake.calls_to("PostModelOutputs")) == 3
+    assert [(r.method, r.attempt, r.outcome, r.throttle) for r in recorder.retries] == [
+        ("/clarifai.api.V2/PostModelOutputs", 1, "UNAVAILABLE", False),
+        ("/clarifai.api.V2/PostModelOutputs", 2, "CONN_THROTTLED", True),
+    ]
+    assert [(e.attempts, e.outcome, e.throttled, e.cut_by) for e in recorder.ends] == [
+        (3, "SUCCESS", 1, None)
+    ]
+
+
+def test_e2e_set_testing_makes_the_sdks_retries_instant(
+    fake: FakeClarifai, sdk_model: Callable[..., Any]
+) -> None:
+    model = sdk_model()  # the default policy
+    fake.script("PostModelOutputs", *FOUR_FAILURES)
+    with set_testing(True):
+        start = time.monotonic()
+        model.predict_by_bytes(b"hi", input_type="text")
+        took = time.monotonic() - start
+    assert len(fake.calls_to("PostModelOutputs")) == 5
+    assert took < 0.1

@@ -23,12 +23,14 @@ from conftest import FAST, PAT_CREDS, T
 import clarifai_interceptor.aio as cia
 from clarifai_interceptor import (
     NO_RETRY,
+    CallOutcome,
     ClarifaiInterceptor,
     Credentials,
     RateLimit,
     RateLimitedError,
     RetryPolicy,
     _limiter,
+    call_outcome,
     insecure_channel,
     use_credentials,
     wrap_channel,
@@ -543,3 +545,41 @@ def test_a_huge_or_garbage_pushback_never_parks_a_call(fake: FakeClarifai, hint:
         future = stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
         assert isinstance(future.exception(timeout=T), grpc.RpcError)
         assert time.monotonic() - started < 5  # at most 4 waits of max_backoff each, twice
+
+
+# -- per-call outcome ------------------------------------------------------------------------
+
+
+def test_call_outcome_counts_attempts_on_every_sync_front_end(fake: FakeClarifai) -> None:
+    unlimited = dataclasses.replace(FAST, budget=None)  # an outage below would spend the budget
+    for name, channel in sync_channels(fake, retry=unlimited):
+        stub = service_pb2_grpc.V2Stub(channel)
+        _response, call = stub.ListModels.with_call(service_pb2.ListModelsRequest(), timeout=T)
+        assert call_outcome(call) == CallOutcome(1, None, 0), name  # the happy path: gRPC's own
+        fake.script(METHOD, Reply(throttled()), Fail(grpc.StatusCode.UNAVAILABLE, "blip"))
+        response, call = stub.ListModels.with_call(service_pb2.ListModelsRequest(), timeout=T)
+        assert response.status.code == sc.SUCCESS
+        assert call_outcome(call) == CallOutcome(3, None, 1), name
+        assert call.code() is grpc.StatusCode.OK  # still the last attempt's call
+        fake.set_default(METHOD, Fail(grpc.StatusCode.UNAVAILABLE, "down"))
+        future = stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
+        assert isinstance(future.exception(timeout=T), grpc.RpcError)
+        assert call_outcome(future) == CallOutcome(FAST.max_attempts, "attempts", 0), name
+        fake.script("StreamLogEntries", Fail(grpc.StatusCode.UNAVAILABLE, "blip"))
+        stream = stub.StreamLogEntries(service_pb2.StreamLogEntriesRequest(), timeout=T)
+        list(stream)
+        assert call_outcome(stream).attempts == 2, name
+        fake.set_default(METHOD, Reply(ok()))
+
+
+@pytest.mark.asyncio
+async def test_call_outcome_of_an_aio_response_stream(fake: FakeClarifai) -> None:
+    fake.script("StreamLogEntries", Fail(grpc.StatusCode.UNAVAILABLE, "blip"))
+    async with cia.insecure_channel(fake.target, PAT_CREDS, retry=FAST) as channel:
+        stream = service_pb2_grpc.V2Stub(channel).StreamLogEntries(
+            service_pb2.StreamLogEntriesRequest(), timeout=T
+        )
+        async for _message in stream:
+            pass
+        kept = await stream._interceptors_task  # what grpc.aio hands on: our kept attempt
+        assert call_outcome(kept).attempts == 2

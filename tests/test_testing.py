@@ -376,3 +376,63 @@ async def test_async_with_and_aio_client() -> None:
             second = await stub.PostModelOutputs(service_pb2.PostModelOutputsRequest(), timeout=T)
         assert [first.status.code, second.status.code] == [status_code_pb2.MODEL_LOADING, SUCCESS]
         assert isinstance(fake.calls[0], RecordedCall)
+
+
+INVALID_REQUEST = status_code_pb2.CONN_INVALID_REQUEST
+
+
+@pytest.fixture
+def pat_fake() -> Iterator[FakeClarifai]:
+    """`PAT` is a PAT (its calls must name a user); `NARROW` an API key with every scope."""
+    with FakeClarifai(secrets={PAT: None, NARROW: None}, pats=[PAT]) as fake:
+        yield fake
+
+
+def test_a_pat_call_that_names_no_user_is_refused_as_clarifai_does(
+    pat_fake: FakeClarifai,
+) -> None:
+    named = resources_pb2.UserAppIDSet(user_id="fake-user", app_id="fake-app")
+    with grpc.insecure_channel(pat_fake.target) as channel:
+        stub = service_pb2_grpc.V2Stub(channel)
+        nobody = predict(stub, metadata=AUTH)
+        app_only = stub.PostModelOutputs(
+            service_pb2.PostModelOutputsRequest(user_app_id=resources_pb2.UserAppIDSet(app_id="a")),
+            metadata=AUTH,
+            timeout=T,
+        )
+        user = stub.PostModelOutputs(
+            service_pb2.PostModelOutputsRequest(user_app_id=named), metadata=AUTH, timeout=T
+        )
+        key = predict(stub, metadata=(("authorization", f"Key {NARROW}"),))  # implies its app
+        no_field = stub.ListStatusCodes(service_pb2.ListStatusCodesRequest(), metadata=AUTH)
+        streamed = stub.GenerateModelOutputs(
+            service_pb2.PostModelOutputsRequest(), metadata=AUTH, timeout=T
+        )
+        statuses = [message.status.code for message in streamed]
+    assert nobody.status.code == INVALID_REQUEST
+    assert "user_app_id" in nobody.status.description
+    assert PAT not in nobody.status.description
+    assert app_only.status.code == INVALID_REQUEST
+    assert user.status.code == SUCCESS
+    assert key.status.code == SUCCESS
+    assert no_field.status.code == SUCCESS
+    assert statuses == [INVALID_REQUEST]
+
+
+def test_an_empty_client_stream_with_a_pat_is_served(pat_fake: FakeClarifai) -> None:
+    with grpc.insecure_channel(pat_fake.target) as channel:
+        stub = service_pb2_grpc.V2Stub(channel)
+        answers = list(stub.StreamModelOutputs(iter(()), metadata=AUTH, timeout=T))
+    assert [answer.status.code for answer in answers] == [SUCCESS] * 3
+    (call,) = pat_fake.calls
+    assert call.requests == ()
+
+
+def test_pats_must_be_known_secrets_and_not_a_str() -> None:
+    with pytest.raises(ValueError, match="pats") as failure:
+        FakeClarifai(secrets={NARROW: None}, pats=[PAT])
+    assert PAT not in str(failure.value)
+    with pytest.raises(TypeError, match="pats"):
+        FakeClarifai(secrets={PAT: None}, pats=PAT)
+    with pytest.raises(ValueError, match="pats"):
+        FakeClarifai(pats=[PAT])  # no secrets: no auth checking, so no PATs either

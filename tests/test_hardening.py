@@ -1,0 +1,177 @@
+"""What a hostile review broke, each against a real server: callbacks that ran in another
+tenant's context, retries sent after Ctrl-C, add_callback firing at the first attempt, a thread
+per pending retry, a pushback that parks an aio call.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
+from conftest import T
+
+import clarifai_interceptor.aio as cia
+from clarifai_interceptor import (
+    ClarifaiInterceptor,
+    Credentials,
+    RetryPolicy,
+    use_credentials,
+    wrap_channel,
+)
+from clarifai_interceptor.testing import Delay, Fail, FakeClarifai, Reply
+
+TENANT_A = Credentials.from_api_key("fake-tenant-a-key-for-tests")
+TENANT_B = Credentials.from_api_key("fake-tenant-b-key-for-tests")
+DEFAULT = Credentials.from_api_key("fake-default-key-for-tests")
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def channels(fake: FakeClarifai, retry: RetryPolicy) -> Iterator[tuple[str, grpc.Channel]]:
+    raw = grpc.insecure_channel(fake.target)
+    yield "interceptor", grpc.intercept_channel(raw, ClarifaiInterceptor(DEFAULT, retry=retry))
+    raw.close()
+    raw = grpc.insecure_channel(fake.target)
+    yield "wrapper", wrap_channel(raw, DEFAULT, retry=retry)
+    raw.close()
+
+
+def _secret(call: Any) -> str:
+    return str(call.header("authorization"))
+
+
+@pytest.mark.parametrize(
+    "retry",
+    [RetryPolicy(initial_backoff=0, jitter=0), RetryPolicy(max_attempts=1)],
+    ids=["retrying", "single-attempt"],
+)
+def test_a_done_callback_runs_in_the_context_of_the_code_that_added_it(
+    fake: FakeClarifai, retry: RetryPolicy
+) -> None:
+    # gRPC's channel thread copies the context of the call that started it (tenant A's); a
+    # done callback of tenant B's future must still call as B.
+    for name, channel in channels(fake, retry):
+        fake.clear()
+        fake.script("GetModel", Delay(0.3, Reply(service_pb2.SingleModelResponse())))
+        stub = service_pb2_grpc.V2Stub(channel)
+        started = threading.Event()
+        chained: list[Any] = []
+
+        def tenant_a(stub: Any = stub, started: threading.Event = started) -> None:
+            with use_credentials(TENANT_A):
+                future = stub.GetModel.future(service_pb2.GetModelRequest(), timeout=T)
+                started.set()
+                future.result(timeout=T)
+
+        def tenant_b(
+            stub: Any = stub, started: threading.Event = started, chained: list[Any] = chained
+        ) -> None:
+            started.wait(T)
+            with use_credentials(TENANT_B):
+                future = stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
+
+                def chain(_done: Any, stub: Any = stub, chained: list[Any] = chained) -> None:
+                    chained.append(stub.ListApps(service_pb2.ListAppsRequest(), timeout=T))
+
+                future.add_done_callback(chain)
+                future.result(timeout=T)
+
+        threads = [threading.Thread(target=tenant_a), threading.Thread(target=tenant_b)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(T)
+        deadline = time.monotonic() + T
+        while not chained and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert chained, name
+        [call] = fake.calls_to("ListApps")
+        assert _secret(call) == f"Key {TENANT_B.secret.reveal()}", name
+
+
+def test_nothing_is_sent_after_ctrl_c_on_a_blocking_interceptor_call(fake: FakeClarifai) -> None:
+    assert threading.current_thread() is threading.main_thread()
+    policy = RetryPolicy(initial_backoff=0.6, jitter=0)
+    raw = grpc.insecure_channel(fake.target)
+    stub = service_pb2_grpc.V2Stub(
+        grpc.intercept_channel(raw, ClarifaiInterceptor(DEFAULT, retry=policy))
+    )
+    fake.set_default("ListModels", Fail(UNAVAILABLE, "down"))
+    interrupter = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        time.sleep(1.0)  # past the 0.6 s the next attempt would have waited
+        assert len(fake.calls_to("ListModels")) == 1
+    finally:
+        interrupter.cancel()
+        raw.close()
+
+
+def test_add_callback_fires_when_the_call_ends_not_at_its_first_attempt(
+    fake: FakeClarifai,
+) -> None:
+    for name, channel in channels(fake, RetryPolicy(initial_backoff=0.3, jitter=0)):
+        fake.clear()
+        fake.script("ListModels", Fail(UNAVAILABLE, "blip"))
+        fired = threading.Event()
+        future = service_pb2_grpc.V2Stub(channel).ListModels.future(
+            service_pb2.ListModelsRequest(), timeout=T
+        )
+        assert future.add_callback(fired.set)
+        time.sleep(0.15)  # the first attempt has failed; the retry waits 0.3 s
+        assert len(fake.calls_to("ListModels")) == 1
+        assert not fired.is_set(), name
+        future.result(timeout=T)
+        assert fired.wait(T), name
+        assert future.add_callback(lambda: None) is False  # ended already, as gRPC says
+
+
+def test_a_thousand_futures_waiting_to_retry_hold_a_constant_number_of_threads(
+    fake: FakeClarifai,
+) -> None:
+    policy = RetryPolicy(initial_backoff=30, jitter=0, budget=None)
+    fake.set_default("ListModels", Fail(UNAVAILABLE, "down"))
+    for name, channel in channels(fake, policy):
+        stub = service_pb2_grpc.V2Stub(channel)
+        stub.ListApps(service_pb2.ListAppsRequest(), timeout=T)  # gRPC's own threads start
+        before = _client_threads()
+        futures = [
+            stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=60) for _ in range(1000)
+        ]
+        deadline = time.monotonic() + T
+        while len(fake.calls_to("ListModels")) < 1000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # every first attempt has failed: all 1,000 wait to retry
+        alive = _client_threads()
+        assert alive - before <= 2, (name, before, alive)  # the scheduler's one thread
+        assert not any(future.done() for future in futures)
+        for future in futures:
+            future.cancel()
+        assert all(future.cancelled() for future in futures)
+        fake.clear()
+
+
+def _client_threads() -> int:
+    """Threads alive, less the fake server's own pool (it grows with concurrent calls)."""
+    return sum(not t.name.startswith("ThreadPoolExecutor") for t in threading.enumerate())
+
+
+@pytest.mark.asyncio
+async def test_a_huge_pushback_never_parks_an_aio_call(fake: FakeClarifai) -> None:
+    policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.2, jitter=0)
+    pushback = (("grpc-retry-pushback-ms", "9223372036854775807"),)
+    fake.set_default("ListModels", Fail(UNAVAILABLE, "", pushback))
+    async with cia.insecure_channel(fake.target, DEFAULT, retry=policy) as channel:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError):
+            await service_pb2_grpc.V2Stub(channel).ListModels(service_pb2.ListModelsRequest())
+    assert time.monotonic() - started < 5  # four waits of max_backoff at most
+    assert len(fake.calls_to("ListModels")) == policy.max_attempts
