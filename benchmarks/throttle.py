@@ -917,6 +917,20 @@ def plot(result: dict[str, Any], path: Path, workload: str = "fleet") -> bool:
     return True
 
 
+def dump(result: dict[str, Any]) -> str:
+    """The result as JSON: one line per row and per cell, so that diffs stay readable."""
+    head = {k: v for k, v in result.items() if k not in ("rows", "cells")}
+    lines = ["{", *(f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items())]
+    for key in ("rows", "cells"):
+        items = [f"  {json.dumps(item)}" for item in result.get(key, [])]
+        lines += [
+            f" {json.dumps(key)}: [",
+            ",\n".join(items),
+            " ]" + ("," if key == "rows" else ""),
+        ]
+    return "\n".join([*lines, "}"]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.throttle", description=__doc__.split("\n")[0]
@@ -958,7 +972,8 @@ def main(argv: list[str] | None = None) -> int:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             out = args.out or HERE / "results" / f"throttle-{stamp}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+            # the rows one a line, the cells' traces (most of the file) one cell a line
+            out.write_text(dump(result), encoding="utf-8")
             print(f"wrote {out}", file=sys.stderr)
     table = render(result)
     print(table)

@@ -3,6 +3,7 @@ cells, no performance asserted."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import replace
@@ -112,6 +113,7 @@ def test_rows_render_and_judge(tmp_path: Path) -> None:
         "redis": False,
         "rows": rows,
     }
+    assert json.loads(throttle.dump(result)) == result
     table = throttle.render(result)
     assert "| 64 threads, one process | ours, default (adaptive) |" in table
     assert "Targets:" in table
