@@ -243,8 +243,9 @@ class Clients:
         }
         wrappers = {
             "wrap": lambda raw: wrap_channel(raw, CREDENTIALS, retry=retry),
-            "wrap-no-deadline": lambda raw: wrap_channel(
-                raw, CREDENTIALS, retry=replace(retry, timeout=None)
+            # The default sends no deadline; this is the explicit setting (row 14g).
+            "wrap-deadline": lambda raw: wrap_channel(
+                raw, CREDENTIALS, retry=replace(retry, total_timeout=30.0)
             ),
             **{stage: functools.partial(stage_channel, stage) for stage in STAGES},
         }
@@ -284,7 +285,7 @@ class Clients:
             return lambda request: getattr(proxy, method)(request)  # noqa: PLW0108 (per call)
         call = getattr(stub, method)
         if kind == "bare-deadline":
-            return functools.partial(call, metadata=METADATA, timeout=retry.timeout)
+            return functools.partial(call, metadata=METADATA, timeout=30.0)
         by_hand = kind in {"bare", "native", "aio-bare"}
         return functools.partial(call, metadata=METADATA) if by_hand else call
 

@@ -134,6 +134,7 @@ class RedisStore:
         )
         self._lock = threading.Lock()
         self._down = False
+        self._down_at = 0.0  # when the current outage was first seen
         self._retry_at = 0.0
         self._probing = False
 
@@ -196,6 +197,7 @@ class RedisStore:
         if not self._usable():
             self._fell_back(count)
             return None
+        started = time.monotonic()
         try:
             reply = self._script(keys=[key], args=args)
         except _ERRORS as error:
@@ -205,7 +207,7 @@ class RedisStore:
         except BaseException:
             self._release()
             raise
-        self._succeeded()
+        self._succeeded(started)
         return reply
 
     async def decide_async(self, key: str, args: list[Any]) -> Any:
@@ -213,6 +215,7 @@ class RedisStore:
         if not self._usable():
             self._fell_back(True)
             return None
+        started = time.monotonic()
         try:
             reply = await self._async_script()(keys=[key], args=args)
         except _ERRORS as error:
@@ -222,7 +225,7 @@ class RedisStore:
         except BaseException:  # cancelled, or misused: let the next caller try Redis
             self._release()
             raise
-        self._succeeded()
+        self._succeeded(started)
         return reply
 
     def _usable(self) -> bool:
@@ -242,9 +245,12 @@ class RedisStore:
         with self._lock:
             self._probing = False
 
-    def _succeeded(self) -> None:
+    def _succeeded(self, started: float) -> None:
         if self._down:
             with self._lock:
+                # A call that began before the outage was seen says nothing about now.
+                if started < self._down_at:
+                    return
                 was_down, self._down, self._probing = self._down, False, False
             if was_down:
                 log.info("the rate limiter's Redis store is reachable again")
@@ -252,7 +258,10 @@ class RedisStore:
     def _failed(self, error: BaseException) -> None:
         with self._lock:
             was_down, self._down, self._probing = self._down, True, False
-            self._retry_at = time.monotonic() + self.retry_after
+            now = time.monotonic()
+            if not was_down:
+                self._down_at = now
+            self._retry_at = now + self.retry_after
         if not was_down:
             action = "pacing in this process" if self.on_error == "local" else "refusing permits"
             log.warning(

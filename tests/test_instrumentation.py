@@ -1572,3 +1572,43 @@ def test_e2e_set_testing_makes_the_sdks_retries_instant(
         took = time.monotonic() - start
     assert len(fake.calls_to("PostModelOutputs")) == 5
     assert took < 0.1
+
+
+@pytest.mark.parametrize("front", ["wrapper", "interceptor", "aio-channel", "aio-interceptors"])
+def test_e2e_the_happy_path_runs_no_instrumentation_code(fake: FakeClarifai, front: str) -> None:
+    """With OpenTelemetry and Prometheus instruments registered, a call that succeeds at once
+    runs not one function of the instrumentation package or of the testing switch."""
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    set_on_retry_hooks(
+        [
+            LoggingHook(),
+            OpenTelemetryInstruments(meter_provider=meters),
+            PrometheusInstruments(CollectorRegistry()),
+        ]
+    )
+    package = FsPath(_hooks.__file__).parent
+    watched = {str(path) for path in package.iterdir()} | {_switch.__file__}
+    ran: list[str] = []
+
+    def profile(frame: Any, event: str, arg: object) -> None:
+        if event == "call" and frame.f_code.co_filename in watched:
+            ran.append(frame.f_code.co_name)
+
+    post_inputs(front, fake.target)  # warm up: connect
+    sys.setprofile(profile)
+    try:
+        for _ in range(3):
+            assert post_inputs(front, fake.target).status.code == SUCCESS
+    finally:
+        sys.setprofile(None)
+    assert ran == []
+    # The check sees instrumentation code when it runs: a retried call runs plenty.
+    fake.script("PostInputs", grpc.StatusCode.UNAVAILABLE)
+    sys.setprofile(profile)
+    try:
+        post_inputs(front, fake.target)
+    finally:
+        sys.setprofile(None)
+    assert "retry_scheduled" in ran
+    assert "on_call_end" in ran
+    meters.shutdown()
