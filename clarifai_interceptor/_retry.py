@@ -312,15 +312,16 @@ class RetryPolicy:
         return status in self.retryable_statuses or status in self.throttle_statuses
 
     def throttle(self, outcome: object) -> bool:
-        """Whether an outcome says the server refused for rate (a throttle)."""
+        """Whether an outcome says the server refused for rate (a throttle): a throttle code or
+        status, or a retryable failure that carries server pushback."""
         if isinstance(outcome, grpc.RpcError):
+            if type(outcome) is RateLimitedError:
+                return False
             code = getattr(outcome, "code", None)
-            return (
-                bool(self.throttle_codes)
-                and code is not None
-                and type(outcome) is not RateLimitedError
-                and code() in self.throttle_codes
-            )
+            if self.throttle_codes and code is not None and code() in self.throttle_codes:
+                return True
+            hint = pushback(outcome)  # a server that pushes back is shedding load: a throttle
+            return hint is not None and hint >= 0 and self.transient(outcome)
         return getattr(getattr(outcome, "status", None), "code", None) in self.throttle_statuses
 
     def deadline(self, timeout: float | None) -> float | None:

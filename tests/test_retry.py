@@ -280,7 +280,8 @@ def test_pushback_parsing() -> None:
 
 def test_pushback_sets_the_wait_and_negative_stops() -> None:
     waits: list[float] = []
-    attempts = Attempts(RetryPolicy(initial_backoff=0.001, jitter=0, budget=None), "M", None)
+    policy = RetryPolicy(initial_backoff=0.001, throttle_backoff=0.001, jitter=0, budget=None)
+    attempts = Attempts(policy, "M", None)
     waits.append(
         attempts.after(Failure(grpc.StatusCode.UNAVAILABLE, (("grpc-retry-pushback-ms", "7"),)))
         or -1
@@ -354,3 +355,14 @@ def test_final_at_once_agrees_with_attempts(
         # A throttle goes to Attempts even with one attempt: it teaches the rate limiter.
         assert policy.max_attempts > 1 or policy.throttle(outcome)
         assert policy.transient(outcome) or (bucket is not None and not bucket.full())
+
+
+def test_a_retryable_failure_with_pushback_is_a_throttle() -> None:
+    policy = RetryPolicy()
+    hinted = Failure(grpc.StatusCode.UNAVAILABLE, (("grpc-retry-pushback-ms", "20"),))
+    assert policy.throttle(hinted)  # the server is shedding load: it teaches the limiter
+    assert not policy.throttle(UNAVAILABLE)
+    refusal = Failure(grpc.StatusCode.UNAVAILABLE, (("grpc-retry-pushback-ms", "-1"),))
+    assert not policy.throttle(refusal)  # "do not retry" is not a pace
+    denied = Failure(grpc.StatusCode.PERMISSION_DENIED, (("grpc-retry-pushback-ms", "20"),))
+    assert not policy.throttle(denied)  # never retried, so never a throttle
