@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import json
 import os
 import queue
@@ -1068,13 +1069,23 @@ PATTERNS: dict[str, tuple[list[Any], RetryPolicy]] = {
 }
 
 
+_RUNS = itertools.count()
+
+
+def _own_secret() -> Credentials:
+    """Credentials no other run shares: runs in parallel must not pace one another through one
+    rate-limit bucket (a pushback pattern wakes the adaptive limiter), this test is about
+    deadlines."""
+    return Credentials.from_api_key(f"fake-deadline-key-{next(_RUNS)}")
+
+
 def sync_run(
     kind: str, style: str, outcomes: list[Any], retry: RetryPolicy, timeout: float
 ) -> float:
     """Seconds one call in ``style`` on a new ``kind`` channel takes against ``outcomes``."""
     with FakeClarifai() as fake:
         built = Path(kind, fake.target)
-        stub = built.stub(retry=retry)
+        stub = built.stub(_own_secret(), retry=retry)
         warm_up(stub, fake)
         fake.script("ListModels", *outcomes)
         started = time.monotonic()
@@ -1094,7 +1105,7 @@ def aio_run(kind: str, outcomes: list[Any], retry: RetryPolicy, timeout: float) 
 async def aio_call(
     fake: FakeClarifai, kind: str, outcomes: list[Any], retry: RetryPolicy, timeout: float
 ) -> float:
-    async with aio_stub(kind, fake.target, retry=retry) as stub:
+    async with aio_stub(kind, fake.target, _own_secret(), retry=retry) as stub:
         await stub.ListStatusCodes(service_pb2.ListStatusCodesRequest(), timeout=T)
         fake.clear()
         fake.script("ListModels", *outcomes)
