@@ -35,6 +35,7 @@ from ._target import check as check_target
 __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_TARGET",
+    "Delegating",
     "channel_options",
     "insecure_channel",
     "resolve_target",
@@ -340,20 +341,12 @@ def _multi_callable(kind: str, cls: type[_Callable]) -> Callable[..., Any]:
     return make
 
 
-class _Channel(grpc.Channel):  # type: ignore[misc]
-    """A ``grpc.Channel`` whose calls carry Clarifai credentials and are retried."""
+class Delegating(grpc.Channel):  # type: ignore[misc]
+    """A ``grpc.Channel`` over another: connectivity, closing and ``with`` are the wrapped
+    channel's (the channel wrapper and the SDK's channel both build on it)."""
 
-    def __init__(self, channel: grpc.Channel, core: Core) -> None:
+    def __init__(self, channel: grpc.Channel) -> None:
         self._channel = channel
-        self._core = core
-
-    def __repr__(self) -> str:
-        return f"<clarifai_interceptor channel over {type(self._channel).__name__}>"
-
-    unary_unary = _multi_callable("unary_unary", _UnaryUnary)
-    unary_stream = _multi_callable("unary_stream", _UnaryStream)
-    stream_unary = _multi_callable("stream_unary", _StreamUnary)
-    stream_stream = _multi_callable("stream_stream", _StreamStream)
 
     def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
         """Not part of the API: delegated to the wrapped channel."""
@@ -367,11 +360,27 @@ class _Channel(grpc.Channel):  # type: ignore[misc]
         """Close the wrapped channel."""
         self._channel.close()
 
-    def __enter__(self) -> _Channel:
+    def __enter__(self) -> Delegating:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Channel(Delegating):
+    """A ``grpc.Channel`` whose calls carry Clarifai credentials and are retried."""
+
+    def __init__(self, channel: grpc.Channel, core: Core) -> None:
+        super().__init__(channel)
+        self._core = core
+
+    def __repr__(self) -> str:
+        return f"<clarifai_interceptor channel over {type(self._channel).__name__}>"
+
+    unary_unary = _multi_callable("unary_unary", _UnaryUnary)
+    unary_stream = _multi_callable("unary_stream", _UnaryStream)
+    stream_unary = _multi_callable("stream_unary", _StreamUnary)
+    stream_stream = _multi_callable("stream_stream", _StreamStream)
 
 
 def wrap_channel(

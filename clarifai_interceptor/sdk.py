@@ -44,7 +44,13 @@ from typing import Any
 import grpc
 
 from . import aio as _aio
-from ._channel import CHANNEL_OPTIONS, insecure_channel, resolve_target, secure_channel
+from ._channel import (
+    CHANNEL_OPTIONS,
+    Delegating,
+    insecure_channel,
+    resolve_target,
+    secure_channel,
+)
 from ._channel import wrap_channel as _wrap_channel
 from ._core import DEFAULT_RETRY
 from ._credentials import AUTHORIZATION, SESSION_TOKEN, Credentials
@@ -474,11 +480,11 @@ def _strip_factory(kind: str, cls: type[_StripCallable]) -> Callable[..., Any]:
     return make
 
 
-class _SdkChannel(grpc.Channel):  # type: ignore[misc]
+class _SdkChannel(Delegating):
     """A channel of ours that drops the SDK's own credential header from each call."""
 
     def __init__(self, channel: grpc.Channel, own: Callable[[], frozenset[tuple[str, str]]]):
-        self._channel = channel
+        super().__init__(channel)
         self._own = own
 
     def __repr__(self) -> str:
@@ -488,24 +494,6 @@ class _SdkChannel(grpc.Channel):  # type: ignore[misc]
     unary_stream = _strip_factory("unary_stream", _StripUnaryStream)
     stream_unary = _strip_factory("stream_unary", _StripStreamUnary)
     stream_stream = _strip_factory("stream_stream", _StripStreamStream)
-
-    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
-        """Not part of the API: delegated."""
-        self._channel.subscribe(callback, try_to_connect=try_to_connect)
-
-    def unsubscribe(self, callback: Any) -> None:
-        """Not part of the API: delegated."""
-        self._channel.unsubscribe(callback)
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
-
-    def __enter__(self) -> _SdkChannel:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
