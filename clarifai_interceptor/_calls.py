@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from ._limiter import RateLimitedError
+from ._limiter import EndedCall, RateLimitedError
 from ._retry import Attempts, time_left
 from ._scheduler import Handle, call_later
 
@@ -374,7 +374,7 @@ class Raised(grpc.Future, grpc.Call):  # type: ignore[misc]
         return ()
 
 
-class CancelledCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+class CancelledCall(EndedCall):
     """The outcome of a stream cancelled while it waited to retry: no attempt was in flight."""
 
     def code(self) -> grpc.StatusCode:
@@ -383,32 +383,11 @@ class CancelledCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
     def details(self) -> str:
         return "Cancelled by the caller while waiting to retry"
 
-    def initial_metadata(self) -> tuple[()]:
-        return ()
-
-    def trailing_metadata(self) -> tuple[()]:
-        return ()
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> None:
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:  # noqa: ARG002 (never runs)
-        return False
-
     def add_done_callback(self, fn: Callable[[Any], None]) -> None:
         fn(self)
 
     def __next__(self) -> Any:
         raise self
-
-    def __str__(self) -> str:
-        return f"<{type(self).__name__} {self.code()}: {self.details()}>"
 
 
 class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]

@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_RATE_LIMIT",
     "GROWTH",
     "Bucket",
+    "EndedCall",
     "LocalBucket",
     "Permit",
     "RateLimit",
@@ -169,22 +170,9 @@ def cubic_rate(w_max: float, since_cut: float) -> float:
     return w_max * (1.0 + GROWTH * lag * lag * lag)
 
 
-class RateLimitedError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
-    """The client-side rate limiter refused a call: no permit within the wait allowed.
-
-    A ``grpc.RpcError`` with code ``RESOURCE_EXHAUSTED``, so ``except grpc.RpcError`` keeps
-    working; nothing was sent for the attempt it refused.
-    """
-
-    def __init__(self, wait: float | None) -> None:
-        self._wait = wait
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def details(self) -> str:
-        bound = "" if self._wait is None else f" within {self._wait:.3f} s"
-        return f"the client-side rate limiter refused the call: no permit{bound} (nothing sent)"
+class EndedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """An outcome of ours for a call with no attempt in flight: a finished ``grpc.Call`` with
+    no metadata (its subclasses say which code and why)."""
 
     def initial_metadata(self) -> tuple[()]:
         return ()
@@ -206,6 +194,24 @@ class RateLimitedError(grpc.RpcError, grpc.Call):  # type: ignore[misc]
 
     def __str__(self) -> str:
         return f"<{type(self).__name__} {self.code()}: {self.details()}>"
+
+
+class RateLimitedError(EndedCall):
+    """The client-side rate limiter refused a call: no permit within the wait allowed.
+
+    A ``grpc.RpcError`` with code ``RESOURCE_EXHAUSTED``, so ``except grpc.RpcError`` keeps
+    working; nothing was sent for the attempt it refused.
+    """
+
+    def __init__(self, wait: float | None) -> None:
+        self._wait = wait
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self) -> str:
+        bound = "" if self._wait is None else f" within {self._wait:.3f} s"
+        return f"the client-side rate limiter refused the call: no permit{bound} (nothing sent)"
 
 
 class LocalBucket:
