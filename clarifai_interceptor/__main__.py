@@ -319,24 +319,25 @@ def _demo_fake(args: argparse.Namespace, say: Say) -> list[dict[str, Any]]:
     policy = RetryPolicy(initial_backoff=0.2, jitter=0.2, timeout=args.timeout)
     secrets = {DEMO_PAT: None, DEMO_NARROW_KEY: ["Inputs_Get"]}
     results = []
-    with (
-        FakeClarifai(secrets=secrets) as fake,
-        insecure_channel(fake.target, pat, retry=policy) as channel,
-    ):
-        say(f"{_PROG} demo: scripted calls to a fake Clarifai API at {fake.target}, through")
-        say(
-            f"  insecure_channel() + V2Stub with a PAT for demo-user/demo-app; retries: up to "
-            f"{policy.max_attempts} attempts, waits from {policy.initial_backoff:g} s, "
-            f"x{policy.multiplier:g}, each shortened by up to {policy.jitter:.0%} (jitter)"
-        )
-        stub = service_pb2_grpc.V2Stub(channel)
-        for number, case in enumerate(cases, 1):
-            fake.clear()
-            fake.script(case.method, *case.script)
-            say(f"[{number}/{len(cases)}] {case.name}: {case.method} {case.story}")
-            with use_credentials(narrow) if case.narrow else contextlib.nullcontext():
-                observe = lambda: [(call.metadata, call.request) for call in fake.calls]  # noqa: E731
-                results.append(_run(case, stub, args.timeout, say, observe, "received")[0])
+    fake = FakeClarifai(secrets=secrets).start()
+    try:
+        with insecure_channel(fake.target, pat, retry=policy) as channel:
+            say(f"{_PROG} demo: scripted calls to a fake Clarifai API at {fake.target}, through")
+            say(
+                f"  insecure_channel() + V2Stub with a PAT for demo-user/demo-app; retries: up to "
+                f"{policy.max_attempts} attempts, waits from {policy.initial_backoff:g} s, "
+                f"x{policy.multiplier:g}, each shortened by up to {policy.jitter:.0%} (jitter)"
+            )
+            stub = service_pb2_grpc.V2Stub(channel)
+            for number, case in enumerate(cases, 1):
+                fake.clear()
+                fake.script(case.method, *case.script)
+                say(f"[{number}/{len(cases)}] {case.name}: {case.method} {case.story}")
+                with use_credentials(narrow) if case.narrow else contextlib.nullcontext():
+                    observe = lambda: [(call.metadata, call.request) for call in fake.calls]  # noqa: E731
+                    results.append(_run(case, stub, args.timeout, say, observe, "received")[0])
+    finally:
+        fake.stop(grace=5.0)  # abruptly, grpcio may log the server's GOAWAY on the terminal
     return results
 
 
@@ -472,7 +473,7 @@ def _fake(args: argparse.Namespace) -> int:
             while not stop.wait(0.5):
                 pass
     finally:
-        fake.stop()
+        fake.stop(grace=1.0)
         if restore is not None:
             signal.signal(signal.SIGTERM, restore)
     _print(f"{_PROG} fake: stopped after {len(fake.calls)} calls")

@@ -351,10 +351,10 @@ def test_pushback_beyond_the_deadline_stops_instead_of_waiting(
     fake.script("ListModels", pushback_fail("5000"), SUCCESS)
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
-        list_models(stub, timeout=1.0)
+        list_models(stub, timeout=2.0)
     elapsed = time.monotonic() - started
     assert info.value.code() is UNAVAILABLE
-    assert elapsed < 0.75  # it did not wait (5 s), nor run into the deadline (1 s)
+    assert elapsed < 1.5  # it did not wait (5 s), nor run into the deadline (2 s)
     assert len(fake.calls_to("ListModels")) == 1
 
 

@@ -247,14 +247,14 @@ def test_final_outcomes_get_one_attempt(final: object) -> None:
 
 
 def test_no_wait_runs_past_the_deadline() -> None:
-    policy = RetryPolicy(initial_backoff=0.2, multiplier=1, jitter=0, budget=None)
+    policy = RetryPolicy(initial_backoff=0.4, multiplier=1, jitter=0, budget=None)
     seen, attempt = scripted(UNAVAILABLE)
     started = time.monotonic()
-    outcome = run(Attempts(policy, "M", time.monotonic() + 0.5), attempt)
+    outcome = run(Attempts(policy, "M", time.monotonic() + 1.0), attempt)
     elapsed = time.monotonic() - started
     assert outcome is UNAVAILABLE
-    assert seen == [1, 2, 3]  # waits at 0.2 and 0.4; a third would end at 0.6 > 0.5
-    assert elapsed < 0.5
+    assert seen == [1, 2, 3]  # waits to 0.4 and 0.8; a third would end at 1.2 > 1.0
+    assert elapsed < 1.0
 
 
 def test_each_retry_logs_one_debug_record(caplog: pytest.LogCaptureFixture) -> None:
