@@ -28,7 +28,7 @@ from clarifai_interceptor import (
 )
 from clarifai_interceptor._channel import _Channel, _multi_callable, _UnaryUnary
 from clarifai_interceptor._core import Core
-from clarifai_interceptor._request import fill_wrap
+from clarifai_interceptor._request import to_bytes
 
 PAT = "bench-pat-not-a-secret"
 USER_APP_ID = resources_pb2.UserAppIDSet(user_id="bench-user", app_id="bench-app")
@@ -172,7 +172,8 @@ class _PassThrough(_UnaryUnary):
     __slots__ = ()
 
     def _plain(self, request: Any, timeout: float | None) -> Any:
-        return self._mc(request, timeout=timeout, metadata=self._core.credentials.metadata)
+        data = self._serialize(request)
+        return self._mc(data, timeout=timeout, metadata=self._core.credentials.metadata)
 
 
 class _WithCredentials(_UnaryUnary):
@@ -182,7 +183,8 @@ class _WithCredentials(_UnaryUnary):
 
     def _plain(self, request: Any, timeout: float | None) -> Any:
         credentials = self._core.credentials_now()
-        return self._mc(request, timeout=timeout, metadata=credentials.metadata)
+        data = self._serialize(request)
+        return self._mc(data, timeout=timeout, metadata=credentials.metadata)
 
 
 class _WithFill(_UnaryUnary):
@@ -192,9 +194,8 @@ class _WithFill(_UnaryUnary):
 
     def _plain(self, request: Any, timeout: float | None) -> Any:
         credentials = self._core.credentials_now()
-        filled = fill_wrap(credentials, request)
-        mc = self._mc if filled is request else self._filling_mc()
-        return mc(filled, timeout=timeout, metadata=credentials.metadata)
+        data = to_bytes(self._serialize, credentials, request)
+        return self._mc(data, timeout=timeout, metadata=credentials.metadata)
 
 
 #: The breakdown's stages: each adds one piece of `_UnaryResponse._plain` to the one before.

@@ -1,7 +1,8 @@
 """The channel wrapper: the services' path, wrapping the multi-callables directly.
 
-Cheaper per call than ``grpc.intercept_channel`` (no interceptor machinery), and it fills
-``user_app_id`` while serializing instead of copying the request.
+Cheaper per call than ``grpc.intercept_channel`` (no interceptor machinery). It serializes
+each request itself, once, at the first attempt (filling ``user_app_id`` into the bytes instead
+of copying the message), and every retry resends those bytes.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import grpc
 from ._calls import Retried, response_stream, unary_response
 from ._context import RETRY, CredentialsSource
 from ._core import DEFAULT_RETRY, Core
+from ._credentials import user_app_id_field
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, RateLimitedError
 from ._metadata import Pairs, for_attempt
-from ._request import fill_wrap, filling_serializer, request_stream
+from ._request import byte_stream, fill_field, to_bytes
 from ._retry import (
     NO_RETRY,
     RetryPolicy,
@@ -80,45 +82,34 @@ _VIEWS = {"__call__": _same, "with_call": _response_of}
 
 
 class _Callable:
-    """What the four wrapped multi-callables share: resolve, fill, start, retry.
+    """What the four wrapped multi-callables share: resolve, serialize, start, retry.
 
-    Two underlying multi-callables: ``_mc`` with the stub's own serializer, for requests sent
-    as they are (no Python frame added to gRPC's serialization), and, made at the first request
-    that needs it, one whose serializer appends ``user_app_id`` to `Filled` requests.
+    ``_mc`` is the underlying multi-callable made without a request serializer: it sends the
+    bytes `to_bytes` made with the stub's serializer, so that every attempt sends the same.
     """
 
-    __slots__ = ("_core", "_filling", "_make_filling", "_mc", "_method", "_policy")
+    __slots__ = ("_core", "_mc", "_method", "_policy", "_serialize")
 
-    def __init__(self, mc: Any, make_filling: Callable[[], Any], core: Core, method: str) -> None:
+    def __init__(self, mc: Any, serialize: Any, core: Core, method: str) -> None:
         self._mc = mc
-        self._make_filling = make_filling
-        self._filling: Any = None
+        self._serialize = serialize
         self._core = core
         self._method = method  # the full name: the hooks' RetryDetails and CallSummary carry it
         self._policy = core.method_policy(method)  # resolved once: every call pays nothing
 
-    def _filling_mc(self) -> Any:
-        """The multi-callable whose serializer also takes `Filled` requests."""
-        if self._filling is None:  # two threads may both make one: either will do
-            self._filling = self._make_filling()
-        return self._filling
-
     def _begin(
         self, request: Any, streaming: bool, metadata: Any
-    ) -> tuple[Any, Pairs, Callable[[], Any], RetryPolicy, Bucket | None]:
+    ) -> tuple[Pairs, Callable[[], Any], RetryPolicy, Bucket | None]:
         pairs, credentials, limiter = self._core.resolve(metadata)
         policy = RETRY.get() or self._policy
         if TESTING.active:
             policy = for_testing(policy)
         if not streaming:
-            filled = fill_wrap(credentials, request)
-            mc = self._mc if filled is request else self._filling_mc()
-            return mc, pairs, lambda: filled, policy, limiter
+            data = to_bytes(self._serialize, credentials, request)
+            return pairs, lambda: data, policy, limiter
         if not isinstance(request, list | tuple):
             policy = NO_RETRY  # an iterator cannot be replayed
-        # Any message of a stream may need filling: the filling serializer takes both kinds.
-        mc = self._mc if credentials is None else self._filling_mc()
-        return mc, pairs, request_stream(credentials, request, fill_wrap), policy, limiter
+        return pairs, byte_stream(self._serialize, credentials, request), policy, limiter
 
     def _unary(
         self,
@@ -129,10 +120,10 @@ class _Callable:
         metadata: Any,
         kwargs: Any,
     ) -> Any:
-        mc, pairs, requests, policy, limiter = self._begin(request, streaming, metadata)
+        pairs, requests, policy, limiter = self._begin(request, streaming, metadata)
         deadline = policy.deadline(timeout)
         attempts = self._core.attempts(policy, self._method, deadline, limiter)
-        call = getattr(mc, how)
+        call = getattr(self._mc, how)
 
         def start(number: int) -> Any:
             return call(
@@ -167,7 +158,8 @@ class _Callable:
     def _stream(
         self, request: Any, streaming: bool, timeout: float | None, metadata: Any, kwargs: Any
     ) -> Any:
-        mc, pairs, requests, policy, limiter = self._begin(request, streaming, metadata)
+        pairs, requests, policy, limiter = self._begin(request, streaming, metadata)
+        mc = self._mc
         # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
         # the caller's own timeout bounds the stream.
         call_deadline = None if timeout is None else time.monotonic() + timeout
@@ -223,8 +215,12 @@ class _UnaryResponse(_Callable):
             policy = for_testing(policy)
         started = time.monotonic()
         deadline = policy.deadline(timeout)
-        filled = fill_wrap(credentials, request)
-        mc = self._mc if filled is request else self._filling_mc()
+        serialize = self._serialize  # to_bytes, inlined
+        data = request if serialize is None else serialize(request)
+        number = fill_field(credentials, request)
+        if number:
+            data = bytes(data) + user_app_id_field(credentials, number)
+        mc = self._mc
         limiter = core.limiter(credentials)
         permit = None
         if limiter is not None:  # dormant until the first throttle: then it paces
@@ -235,7 +231,7 @@ class _UnaryResponse(_Callable):
             if permit.wait and not TESTING.active:
                 time.sleep(permit.wait)
         try:
-            outcome = mc(filled, timeout=time_left(deadline), metadata=pairs)
+            outcome = mc(data, timeout=time_left(deadline), metadata=pairs)
         except grpc.RpcError as exc:
             outcome = exc
         bucket = core.bucket(policy)
@@ -245,7 +241,7 @@ class _UnaryResponse(_Callable):
             def attempt(number: int) -> Any:
                 try:
                     metadata = for_attempt(pairs, number)
-                    return mc(filled, timeout=time_left(deadline), metadata=metadata)
+                    return mc(data, timeout=time_left(deadline), metadata=metadata)
                 except grpc.RpcError as exc:
                     return exc
 
@@ -328,13 +324,8 @@ def _multi_callable(kind: str, cls: type[_Callable]) -> Callable[..., Any]:
         extra: dict[str, Any] = {"response_deserializer": response_deserializer}
         if _registered_method:
             extra["_registered_method"] = True
-        mc = factory(method, request_serializer=request_serializer, **extra)
-
-        def make_filling() -> Any:
-            serializer = filling_serializer(request_serializer)
-            return factory(method, request_serializer=serializer, **extra)
-
-        return cls(mc, make_filling, self._core, method)
+        mc = factory(method, request_serializer=None, **extra)  # it sends our bytes
+        return cls(mc, request_serializer, self._core, method)
 
     make.__name__ = kind
     make.__doc__ = "Not part of the API: gRPC's channel interface, used by stubs."

@@ -114,7 +114,9 @@ class ClarifaiInterceptor(
             details, credentials, limiter = self._prepare(client_call_details)
         except Exception as exc:  # noqa: BLE001 (handed to the caller, unchanged)
             return Raised(exc)
-        request = fill_copy(credentials, request)
+        # A future or a response stream gives the caller its message back while a retry may
+        # still send it: the retries send a copy made now (a blocking caller is still waiting).
+        request = fill_copy(credentials, request, snapshot=not _blocks(continuation))
         return self._unary(continuation, client_call_details, details, limiter, lambda: request)
 
     def intercept_unary_stream(
@@ -122,7 +124,7 @@ class ClarifaiInterceptor(
     ) -> Any:
         """Not part of the API: gRPC's hook for unary-stream calls."""
         details, credentials, limiter = self._prepare(client_call_details)
-        request = fill_copy(credentials, request)
+        request = fill_copy(credentials, request, snapshot=True)
         return self._stream(continuation, client_call_details, details, limiter, lambda: request)
 
     def intercept_stream_unary(
@@ -133,7 +135,7 @@ class ClarifaiInterceptor(
             details, credentials, limiter = self._prepare(client_call_details)
         except Exception as exc:  # noqa: BLE001 (handed to the caller, unchanged)
             return Raised(exc)
-        requests = request_stream(credentials, request_iterator)
+        requests = request_stream(credentials, request_iterator, snapshot=True)
         replayable = isinstance(request_iterator, list | tuple)
         return self._unary(
             continuation, client_call_details, details, limiter, requests, replayable
@@ -144,7 +146,7 @@ class ClarifaiInterceptor(
     ) -> Any:
         """Not part of the API: gRPC's hook for stream-stream calls."""
         details, credentials, limiter = self._prepare(client_call_details)
-        requests = request_stream(credentials, request_iterator)
+        requests = request_stream(credentials, request_iterator, snapshot=True)
         replayable = isinstance(request_iterator, list | tuple)
         return self._stream(
             continuation, client_call_details, details, limiter, requests, replayable

@@ -175,3 +175,85 @@ async def test_a_huge_pushback_never_parks_an_aio_call(fake: FakeClarifai) -> No
             await service_pb2_grpc.V2Stub(channel).ListModels(service_pb2.ListModelsRequest())
     assert time.monotonic() - started < 5  # four waits of max_backoff at most
     assert len(fake.calls_to("ListModels")) == policy.max_attempts
+
+
+# -- 5. A retry resends what the first attempt sent --------------------------------------------
+
+PAT_A = Credentials.from_pat("fake-pat-resend-for-tests", user_id="u", app_id="a")
+RESENDING = RetryPolicy(initial_backoff=0, jitter=0)  # every method retried, at once
+
+
+def resend_channels(fake: FakeClarifai) -> Iterator[tuple[str, grpc.Channel]]:
+    for name, credentials in (("pat", PAT_A), ("api-key", DEFAULT)):
+        raw = grpc.insecure_channel(fake.target)
+        interceptor = ClarifaiInterceptor(credentials, retry=RESENDING)
+        yield f"interceptor-{name}", grpc.intercept_channel(raw, interceptor)
+        raw.close()
+        raw = grpc.insecure_channel(fake.target)
+        yield f"wrapper-{name}", wrap_channel(raw, credentials, retry=RESENDING)
+        raw.close()
+
+
+def _ids(fake: FakeClarifai, method: str) -> list[str]:
+    return [call.request.inputs[0].id for call in fake.calls_to(method)]
+
+
+def test_a_retry_after_future_resends_the_original_message(fake: FakeClarifai) -> None:
+    seen = {}
+    for name, channel in resend_channels(fake):
+        fake.clear()
+        fake.script("PostInputs", Delay(0.2, Fail(UNAVAILABLE)))  # the caller moves on meanwhile
+        request = service_pb2.PostInputsRequest()
+        request.inputs.add(id="original")
+        future = service_pb2_grpc.V2Stub(channel).PostInputs.future(request, timeout=T)
+        request.inputs[0].id = "mutated-after-future"  # the caller reuses its message
+        future.result(timeout=T)
+        seen[name] = _ids(fake, "PostInputs")
+    assert seen == {name: ["original", "original"] for name in seen}
+    assert len(seen) == 4
+
+
+def test_a_retried_response_stream_resends_the_message_it_was_called_with(
+    fake: FakeClarifai,
+) -> None:
+    seen = {}
+    for name, channel in resend_channels(fake):
+        fake.clear()
+        fake.script("GenerateModelOutputs", Fail(UNAVAILABLE))  # before the first message
+        request = service_pb2.PostModelOutputsRequest(model_id="m")
+        request.inputs.add(id="original")
+        stream = service_pb2_grpc.V2Stub(channel).GenerateModelOutputs(request, timeout=T)
+        request.inputs[0].id = "mutated-before-reading"
+        assert len(list(stream)) == 3
+        seen[name] = _ids(fake, "GenerateModelOutputs")
+    assert seen == {name: ["original", "original"] for name in seen}
+    assert len(seen) == 4
+
+
+def test_a_retried_request_list_resends_what_was_first_sent(fake: FakeClarifai) -> None:
+    seen = {}
+    for name, channel in resend_channels(fake):
+        fake.clear()
+        one = service_pb2.MultiOutputResponse()
+        fake.script("StreamModelOutputs", Delay(0.3, Fail(UNAVAILABLE)), Reply(one))
+        requests = [service_pb2.PostModelOutputsRequest(model_id="m") for _ in range(2)]
+        for number, request in enumerate(requests):
+            request.inputs.add(id=f"original-{number}")
+        stream_unary = channel.stream_unary(  # V2 has no stream-unary method: its bidi one
+            "/clarifai.api.V2/StreamModelOutputs",
+            request_serializer=service_pb2.PostModelOutputsRequest.SerializeToString,
+            response_deserializer=service_pb2.MultiOutputResponse.FromString,
+        )
+        future = stream_unary.future(requests, timeout=T)
+        deadline = time.monotonic() + T
+        while not fake.calls_to("StreamModelOutputs") and time.monotonic() < deadline:
+            time.sleep(0.005)  # the first attempt has sent every message (the fake read them)
+        for request in requests:
+            request.inputs[0].id = "mutated-after-sending"
+        future.result(timeout=T)
+        seen[name] = [
+            [request.inputs[0].id for request in call.requests]
+            for call in fake.calls_to("StreamModelOutputs")
+        ]
+    assert seen == {name: [["original-0", "original-1"]] * 2 for name in seen}
+    assert len(seen) == 4

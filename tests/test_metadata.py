@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from clarifai_interceptor import Credentials
 from clarifai_interceptor._metadata import for_attempt, merge, validate
-from clarifai_interceptor._request import Filled, fill_copy, fill_wrap, filling_serializer
+from clarifai_interceptor._request import byte_stream, fill_copy, request_stream, to_bytes
 
 PAT = Credentials.from_pat("fake-pat-metadata", user_id="u1", app_id="a1")
+API_KEY = Credentials.from_api_key("fake-key-metadata")
 TOKEN = Credentials.from_session_token("fake-token-metadata", user_id="u1")
 KEYS = st.from_regex(r"[a-z0-9][a-z0-9_.\-]{0,12}", fullmatch=True).filter(
     lambda k: not k.startswith("grpc-") and not k.endswith("-bin")
@@ -108,7 +109,7 @@ def test_fill_leaves_set_fields_and_api_keys_and_other_messages_alone() -> None:
         user_app_id=resources_pb2.UserAppIDSet(user_id="other", app_id="app")
     )
     assert fill_copy(PAT, theirs) is theirs
-    assert fill_wrap(PAT, theirs) is theirs
+    assert to_bytes(None, PAT, theirs.SerializeToString()) == theirs.SerializeToString()
     plain = service_pb2.PostModelOutputsRequest()
     assert fill_copy(Credentials.from_api_key("fake-key"), plain) is plain
     assert fill_copy(Credentials.from_pat("fake-pat"), plain) is plain  # no user known
@@ -117,12 +118,42 @@ def test_fill_leaves_set_fields_and_api_keys_and_other_messages_alone() -> None:
     assert fill_copy(PAT, no_field) is no_field
 
 
-def test_fill_wrap_serializes_as_if_set() -> None:
+def test_to_bytes_serializes_as_if_set() -> None:
     request = service_pb2.ListLogEntriesRequest(page=2)  # user_app_id is field 4 here
-    wrapped = fill_wrap(PAT, request)
-    assert isinstance(wrapped, Filled)
-    serialize = filling_serializer(service_pb2.ListLogEntriesRequest.SerializeToString)
-    sent = service_pb2.ListLogEntriesRequest.FromString(serialize(wrapped))
+    serialize = service_pb2.ListLogEntriesRequest.SerializeToString
+    sent = service_pb2.ListLogEntriesRequest.FromString(to_bytes(serialize, PAT, request))
     assert sent == fill_copy(PAT, request)
-    assert serialize(request) == request.SerializeToString()
-    assert filling_serializer(None) is None
+    assert not request.HasField("user_app_id")
+    assert to_bytes(serialize, API_KEY, request) == request.SerializeToString()
+    assert to_bytes(None, PAT, b"raw") == b"raw"  # a stub that sends bytes: sent as they are
+
+
+def wire(stream: object) -> list[bytes]:
+    """What an attempt over ``stream`` sends, as bytes."""
+    return [m if isinstance(m, bytes) else m.SerializeToString() for m in stream()]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("kind", ["bytes", "snapshot"])
+def test_a_replayed_list_resends_what_its_first_attempt_sent(kind: str) -> None:
+    first, second = service_pb2.PostInputsRequest(), service_pb2.PostInputsRequest()
+    first.inputs.add(id="original")
+    messages = [first, second]
+    serialize = service_pb2.PostInputsRequest.SerializeToString
+    if kind == "bytes":
+        stream = byte_stream(serialize, PAT, messages)
+    else:
+        stream = request_stream(API_KEY, messages, snapshot=True)
+    sent = wire(stream)
+    first.inputs[0].id = "mutated-after-send"
+    second.inputs.add(id="added-after-send")
+    assert wire(stream) == sent
+    assert b"original" in sent[0]
+    assert not any(b"after-send" in data for data in sent)
+
+
+def test_an_iterator_of_requests_is_serialized_as_it_is_read() -> None:
+    messages = [service_pb2.PostInputsRequest(), service_pb2.ListLogEntriesRequest(page=3)]
+    serialize = type(messages[0]).SerializeToString
+    stream = byte_stream(lambda m: m.SerializeToString(), PAT, iter(messages))
+    assert list(stream()) == [to_bytes(lambda m: m.SerializeToString(), PAT, m) for m in messages]
+    assert serialize(messages[0]) == b""  # nothing was filled into the caller's messages
