@@ -12,13 +12,13 @@ import contextvars
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import grpc
 
-from ._limiter import EndedCall, RateLimitedError
+from ._closing import CancelledCall
+from ._limiter import RateLimitedError
 from ._retry import Attempts, time_left
 from ._scheduler import Handle, call_later
 
@@ -170,6 +170,7 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         self._timer: Handle | None = None
         self._callbacks: list[_Callback] = []
         self._terminal: list[_Callback] = []  # add_callback's, run when the call ends
+        self._unwatch: Callable[[], None] | None = None
         if wait is None:
             first.add_done_callback(self._on_done)
         else:
@@ -187,16 +188,28 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
     def _schedule(self, wait: float, call: Any) -> None:
         with self._cond:
             if not self._cancelled:
-                # The next attempt runs on a timer thread, in the caller's context.
                 # One scheduler thread runs every pending retry, in the caller's context.
                 self._timer = call_later(wait, functools.partial(self._context.run, self._next))
+                closing = self._attempts.closing
+                if closing is not None and self._unwatch is None:
+                    self._unwatch = closing.watch(self._on_close)
                 return
         self._finish(CancelledCall() if call is None else call)
 
+    def _on_close(self) -> None:
+        """The channel closed: a pending wait ends now, with nothing more sent."""
+        with self._cond:
+            if self._final is not None or self._timer is None or self._timer.cancelled:
+                return  # an attempt is in flight: gRPC itself ends it
+            self._timer.cancel()
+        self._finish(Raised(self._attempts.end_closed()))
+
     def _next(self) -> None:
         with self._cond:
-            if self._cancelled:
-                return
+            closing = self._attempts.closing
+            if self._cancelled or self._final is not None or (closing and closing.closed):
+                return  # cancelled, or closed (`_on_close` ends it)
+            self._timer = None
             previous = self._call
             self._attempts.resume()
             try:
@@ -219,6 +232,9 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             self._cond.notify_all()
             callbacks, self._callbacks = self._callbacks, []
             terminal, self._terminal = self._terminal, []
+            unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            unwatch()
         _run_callbacks(terminal, None)
         _run_callbacks(callbacks, self)
 
@@ -374,22 +390,6 @@ class Raised(grpc.Future, grpc.Call):  # type: ignore[misc]
         return ()
 
 
-class CancelledCall(EndedCall):
-    """The outcome of a stream cancelled while it waited to retry: no attempt was in flight."""
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.CANCELLED
-
-    def details(self) -> str:
-        return "Cancelled by the caller while waiting to retry"
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        fn(self)
-
-    def __next__(self) -> Any:
-        raise self
-
-
 class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
     """A response stream retried only until its first message reaches the caller.
 
@@ -442,6 +442,10 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
             if self._sleep(wait):
                 self._call = outcome = CancelledCall()
                 break
+            closing = self._attempts.closing
+            if closing is not None and closing.closed:
+                self._call = outcome = self._attempts.end_closed()
+                break
             self._attempts.resume()
             self._call = self._start(self._attempts.number)
         self._committed = True
@@ -454,9 +458,25 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
             self._head = outcome
 
     def _sleep(self, seconds: float) -> bool:
-        """Wait before the next attempt; True if the stream was cancelled meanwhile."""
+        """Wait before the next attempt; True if the stream was cancelled meanwhile. Its
+        channel's closing ends the wait too."""
+        closing = self._attempts.closing
+        unwatch = None if closing is None else closing.watch(self._wake)
+        try:
+            with self._cond:
+                return (
+                    self._cond.wait_for(
+                        lambda: self._cancelled or (closing is not None and closing.closed), seconds
+                    )
+                    and self._cancelled
+                )
+        finally:
+            if unwatch is not None:
+                unwatch()
+
+    def _wake(self) -> None:
         with self._cond:
-            return self._cond.wait_for(lambda: self._cancelled, seconds)
+            self._cond.notify_all()
 
     def _settle(self) -> Any:
         if not self._committed:
@@ -520,16 +540,7 @@ def unary_response(attempts: Attempts, start: Start, blocking: bool = False) -> 
     except RateLimitedError as exc:
         return Raised(exc)
     if blocking:
-        if pace:
-            time.sleep(pace)
-        call = start(1)
-        wait = attempts.after(settled(call))
-        while wait is not None:
-            time.sleep(wait)
-            attempts.resume()
-            call = start(attempts.number)
-            wait = attempts.after(settled(call))
-        return call if attempts.number == 1 else Retried(call, attempts)
+        return _blocking(attempts, start, pace)
     if pace:
         return RetryFuture(attempts, start, None, pace)
     first = start(1)
@@ -541,6 +552,21 @@ def unary_response(attempts: Attempts, start: Start, blocking: bool = False) -> 
     return RetryFuture(attempts, start, first, None)
 
 
+def _blocking(attempts: Attempts, start: Start, pace: float) -> Any:
+    """`unary_response` for a blocking caller: every wait and attempt in its thread."""
+    if pace and attempts.sleep(pace):
+        return Raised(attempts.end_closed())
+    call = start(1)
+    wait = attempts.after(settled(call))
+    while wait is not None:
+        if attempts.sleep(wait):
+            return Raised(attempts.end_closed())
+        attempts.resume()
+        call = start(attempts.number)
+        wait = attempts.after(settled(call))
+    return call if attempts.number == 1 else Retried(call, attempts)
+
+
 def response_stream(attempts: Attempts, start: Start) -> Any:
     """Start a response-streaming call, wrapped in a `RetryingStream` if it may be retried.
 
@@ -548,8 +574,8 @@ def response_stream(attempts: Attempts, start: Start) -> Any:
         RateLimitedError: The rate limiter refused the first attempt.
     """
     pace = attempts.first()
-    if pace:  # sync callers wait in their own thread
-        time.sleep(pace)
+    if pace and attempts.sleep(pace):  # sync callers wait in their own thread
+        raise attempts.end_closed()
     first = start(1)
     if attempts.policy.max_attempts == 1:
         return first

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from ._calls import Retried, response_stream, unary_response
+from ._closing import closed
 from ._context import RETRY, CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._credentials import user_app_id_field
@@ -228,8 +229,8 @@ class _UnaryResponse(_Callable):
             permit = limiter.acquire(0.0, bound)
             if permit is None:
                 raise RateLimitedError(bound)
-            if permit.wait and not TESTING.active:
-                time.sleep(permit.wait)
+            if permit.wait and not TESTING.active and core.closing.sleep(permit.wait):
+                raise closed()  # the channel closed while the call waited for its permit
         try:
             outcome = mc(data, timeout=time_left(deadline), metadata=pairs)
         except grpc.RpcError as exc:
@@ -364,6 +365,11 @@ class _Channel(Delegating):
     def __init__(self, channel: grpc.Channel, core: Core) -> None:
         super().__init__(channel)
         self._core = core
+
+    def close(self) -> None:
+        """Close the wrapped channel; every call waiting to retry ends at once (``CANCELLED``)."""
+        self._core.closing.close()
+        super().close()
 
     def __repr__(self) -> str:
         return f"<clarifai_interceptor channel over {type(self._channel).__name__}>"

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._closing import Closing
 from ._context import CREDENTIALS, RETRY, CredentialsSource, check_source
 from ._credentials import CREDENTIAL_KEYS, Credentials
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, Permit, RateLimit, bucket_for
@@ -31,6 +32,7 @@ class Core:
         "_limited",
         "_lock",
         "_policies",
+        "closing",
         "credentials",
         "limit_wait",
         "rate_limit",
@@ -72,6 +74,8 @@ class Core:
         self._buckets: dict[RetryBudget, TokenBucket] = {}
         self._last: TokenBucket | None = None
         self._lock = threading.Lock()
+        #: The channel's closing (a channel of ours closes it; an interceptor never learns).
+        self.closing = Closing()
 
     def policy(self, method: str | bytes) -> RetryPolicy:
         """The retry policy for a call of ``method`` made now: a `use_retry` override, else the
@@ -96,7 +100,16 @@ class Core:
         the rate limiter's bucket for the call's credentials."""
         bucket = self.bucket(policy)
         return Attempts(
-            policy, method, deadline, bucket, limiter, permit, self.limit_wait, started, self.target
+            policy,
+            method,
+            deadline,
+            bucket,
+            limiter,
+            permit,
+            self.limit_wait,
+            started,
+            self.target,
+            self.closing,
         )
 
     def bucket(self, policy: RetryPolicy) -> TokenBucket | None:

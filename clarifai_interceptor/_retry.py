@@ -23,6 +23,7 @@ import grpc
 import tenacity as _t
 from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 
+from ._closing import CancelledCall, Closing, closed
 from ._limiter import Bucket, Permit, RateLimitedError
 from ._switch import TESTING
 from .instrumentation import _hooks
@@ -487,6 +488,7 @@ class Attempts:
         "_leave",
         "_retry",
         "bucket",
+        "closing",
         "cut_by",
         "deadline",
         "limit_wait",
@@ -513,6 +515,7 @@ class Attempts:
         limit_wait: float | None = None,
         started: float | None = None,
         target: str = "",
+        closing: Closing | None = None,
     ) -> None:
         if TESTING.active:  # the front end may have done it: doing it again changes nothing
             policy = for_testing(policy)
@@ -532,6 +535,7 @@ class Attempts:
         self.limiter = limiter
         self.permit = permit
         self.limit_wait = limit_wait
+        self.closing = closing  # the channel's: closing it ends every wait at once
         self.number = 1
         self.throttled = 0
         #: What ended the retrying early: "attempts", "deadline", "budget", "pushback",
@@ -686,6 +690,24 @@ class Attempts:
             return None
         return self._scheduled(outcome, wait)
 
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` in this thread before an attempt; True if the channel was closed
+        meanwhile (then no attempt follows: end the call with `end_closed`)."""
+        closing = self.closing
+        if closing is not None:
+            return closing.sleep(seconds)
+        if seconds > 0:
+            time.sleep(seconds)
+        return False
+
+    def end_closed(self) -> CancelledCall:
+        """End the call whose channel closed while it waited: ``CANCELLED``, nothing more sent."""
+        if self.number > 1:
+            self.number -= 1  # the attempt it waited for never started
+        outcome = closed()
+        self._final(outcome)
+        return outcome
+
     def reason(self) -> str:
         """Why the last wait `after` gave was chosen: backoff, pushback or limiter."""
         return "backoff" if self._retry is None else self._retry.reason
@@ -731,8 +753,11 @@ def _same(outcome: object) -> object:
     return outcome
 
 
-def run(attempts: Attempts, attempt: Callable[[int], T], view: Callable[[T], object] = _same) -> T:
-    """Run ``attempt(number)`` until its outcome is final; return the last outcome as is.
+def run(
+    attempts: Attempts, attempt: Callable[[int], T], view: Callable[[T], object] = _same
+) -> T | CancelledCall:
+    """Run ``attempt(number)`` until its outcome is final; return the last outcome as is (or
+    `CancelledCall`, if the channel closed while the call waited).
 
     ``attempt`` gives itself the time left before the deadline; ``view`` maps what it returns
     to the outcome the policy judges (an RpcError or a response).
@@ -741,8 +766,8 @@ def run(attempts: Attempts, attempt: Callable[[int], T], view: Callable[[T], obj
         RateLimitedError: The rate limiter refused the first attempt.
     """
     wait = attempts.first()
-    if wait:
-        time.sleep(wait)
+    if wait and attempts.sleep(wait):
+        return attempts.end_closed()
     outcome = attempt(1)
     return follow(attempts, attempt, outcome, attempts.after(view(outcome)), view)
 
@@ -753,10 +778,11 @@ def follow(
     outcome: T,
     wait: float | None,
     view: Callable[[T], object] = _same,
-) -> T:
+) -> T | CancelledCall:
     """Go on from an outcome that `Attempts.after` answered with ``wait``: retry until final."""
     while wait is not None:
-        time.sleep(wait)
+        if attempts.sleep(wait):
+            return attempts.end_closed()
         attempts.resume()
         outcome = attempt(attempts.number)
         wait = attempts.after(view(outcome))

@@ -21,10 +21,13 @@ import clarifai_interceptor.aio as cia
 from clarifai_interceptor import (
     ClarifaiInterceptor,
     Credentials,
+    RateLimit,
     RetryPolicy,
     use_credentials,
     wrap_channel,
 )
+from clarifai_interceptor._closing import CLOSED_DETAILS
+from clarifai_interceptor.instrumentation import set_on_retry_hooks
 from clarifai_interceptor.testing import Delay, Fail, FakeClarifai, Reply
 
 TENANT_A = Credentials.from_api_key("fake-tenant-a-key-for-tests")
@@ -257,3 +260,115 @@ def test_a_retried_request_list_resends_what_was_first_sent(fake: FakeClarifai) 
         ]
     assert seen == {name: [["original-0", "original-1"]] * 2 for name in seen}
     assert len(seen) == 4
+
+
+# -- 10. Closing a channel ends every pending retry wait at once -------------------------------
+
+LONG_WAIT = RetryPolicy(initial_backoff=30, jitter=0, budget=None)  # a wait no test sits out
+
+
+class Waiting:
+    """An on-retry hook that counts the calls now waiting to retry."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.count = 0
+
+    def __call__(self, _details: Any) -> None:
+        with self.cond:
+            self.count += 1
+            self.cond.notify_all()
+
+    def until(self, count: int) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.count >= count, T), self.count
+
+
+@pytest.fixture
+def waiting() -> Iterator[Waiting]:
+    hook = Waiting()
+    set_on_retry_hooks([hook])
+    yield hook
+    set_on_retry_hooks(None)
+
+
+def _ended_by_close(error: BaseException | None) -> bool:
+    return (
+        isinstance(error, grpc.RpcError)
+        and error.code() is grpc.StatusCode.CANCELLED
+        and error.details() == CLOSED_DETAILS
+    )
+
+
+def test_closing_the_channel_ends_every_pending_retry_wait_at_once(
+    fake: FakeClarifai, waiting: Waiting
+) -> None:
+    fake.set_default("ListModels", UNAVAILABLE)
+    fake.set_default("GenerateModelOutputs", UNAVAILABLE)
+    channel = wrap_channel(grpc.insecure_channel(fake.target), DEFAULT, retry=LONG_WAIT)
+    stub = service_pb2_grpc.V2Stub(channel)
+    futures = [
+        stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=120) for _ in range(20)
+    ]
+    errors: list[BaseException | None] = []
+
+    def blocking() -> None:
+        try:
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=120)
+        except grpc.RpcError as exc:
+            errors.append(exc)
+
+    def streaming() -> None:
+        try:
+            list(stub.GenerateModelOutputs(service_pb2.PostModelOutputsRequest(), timeout=120))
+        except grpc.RpcError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=blocking) for _ in range(3)]
+    threads += [threading.Thread(target=streaming) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    waiting.until(26)  # every call has failed once and waits 30 s to retry
+    closed_at = time.monotonic()
+    channel.close()
+    for thread in threads:
+        thread.join(T)
+    assert all(future.done() for future in futures)
+    took = time.monotonic() - closed_at
+    assert took < T  # not the 30 s wait
+    errors += [future.exception() for future in futures]
+    assert len(errors) == 26
+    assert all(map(_ended_by_close, errors)), {str(e) for e in errors}
+    assert len(fake.calls_to("ListModels")) == 23  # nothing more was sent
+    assert len(fake.calls_to("GenerateModelOutputs")) == 3
+
+
+def test_a_call_on_a_closed_channel_gets_grpcs_own_error(fake: FakeClarifai) -> None:
+    channel = wrap_channel(grpc.insecure_channel(fake.target), DEFAULT, retry=LONG_WAIT)
+    channel.close()
+    with pytest.raises(ValueError, match="closed channel"):
+        service_pb2_grpc.V2Stub(channel).ListModels(service_pb2.ListModelsRequest(), timeout=T)
+
+
+def test_closing_the_channel_ends_a_wait_for_a_rate_limit_permit(fake: FakeClarifai) -> None:
+    slow = RateLimit(per_second=0.1)  # a permit every 10 s
+    channel = wrap_channel(grpc.insecure_channel(fake.target), DEFAULT, rate_limit=slow)
+    stub = service_pb2_grpc.V2Stub(channel)
+    stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)  # the one permit at hand
+    errors: list[BaseException] = []
+
+    def paced() -> None:
+        try:
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=120)
+        except grpc.RpcError as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=paced)
+    caller.start()
+    time.sleep(0.1)  # waiting for its permit now (or about to: a closed channel waits not at all)
+    channel.close()
+    caller.join(T)
+    assert not caller.is_alive()
+    assert len(errors) == 1
+    assert _ended_by_close(errors[0])
+    assert len(fake.calls_to("ListModels")) == 1
