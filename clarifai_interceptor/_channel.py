@@ -16,7 +16,7 @@ import grpc
 
 from ._calls import Retried, response_stream, unary_response
 from ._closing import closed
-from ._context import RETRY, CredentialsSource
+from ._context import OUTER, RETRY, CredentialsSource, below_us
 from ._core import DEFAULT_RETRY, Core
 from ._credentials import user_app_id_field
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, RateLimitedError
@@ -99,9 +99,9 @@ class _Callable:
         self._policy = core.method_policy(method)  # resolved once: every call pays nothing
 
     def _begin(
-        self, request: Any, streaming: bool, metadata: Any
+        self, request: Any, streaming: bool, metadata: Any, call_credentials: Any
     ) -> tuple[Pairs, Callable[[], Any], RetryPolicy, Bucket | None]:
-        pairs, credentials, limiter = self._core.resolve(metadata)
+        pairs, credentials, limiter = self._core.resolve(metadata, call_credentials)
         policy = RETRY.get() or self._policy
         if TESTING.active:
             policy = for_testing(policy)
@@ -121,13 +121,18 @@ class _Callable:
         metadata: Any,
         kwargs: Any,
     ) -> Any:
-        pairs, requests, policy, limiter = self._begin(request, streaming, metadata)
+        call = getattr(self._mc, how)
+        if OUTER.get():
+            return self._through(call, request, streaming, timeout, metadata, kwargs)
+        pairs, requests, policy, limiter = self._begin(
+            request, streaming, metadata, kwargs.get("credentials")
+        )
         deadline = policy.deadline(timeout)
         attempts = self._core.attempts(policy, self._method, deadline, limiter)
-        call = getattr(self._mc, how)
 
         def start(number: int) -> Any:
-            return call(
+            return below_us(
+                call,
                 requests(),
                 timeout=time_left(deadline),
                 metadata=for_attempt(pairs, number),
@@ -138,13 +143,8 @@ class _Callable:
             return unary_response(attempts, start)
 
         def attempt(number: int) -> Any:
-            try:  # start(number), inlined: this is every blocking call's hot path
-                return call(
-                    requests(),
-                    timeout=time_left(deadline),
-                    metadata=for_attempt(pairs, number),
-                    **kwargs,
-                )
+            try:
+                return start(number)
             except grpc.RpcError as exc:
                 return exc
 
@@ -159,8 +159,12 @@ class _Callable:
     def _stream(
         self, request: Any, streaming: bool, timeout: float | None, metadata: Any, kwargs: Any
     ) -> Any:
-        pairs, requests, policy, limiter = self._begin(request, streaming, metadata)
         mc = self._mc
+        if OUTER.get():
+            return self._through(mc, request, streaming, timeout, metadata, kwargs)
+        pairs, requests, policy, limiter = self._begin(
+            request, streaming, metadata, kwargs.get("credentials")
+        )
         # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
         # the caller's own timeout bounds the stream.
         call_deadline = None if timeout is None else time.monotonic() + timeout
@@ -168,7 +172,8 @@ class _Callable:
         attempts = self._core.attempts(policy, self._method, deadline, limiter)
 
         def start(number: int) -> Any:
-            return mc(
+            return below_us(
+                mc,
                 requests(),
                 timeout=time_left(call_deadline),
                 metadata=for_attempt(pairs, number),
@@ -176,6 +181,24 @@ class _Callable:
             )
 
         return response_stream(attempts, start)
+
+    def _through(
+        self,
+        call: Any,
+        request: Any,
+        streaming: bool,
+        timeout: float | None,
+        metadata: Any,
+        kwargs: Any,
+    ) -> Any:
+        """The call as it comes, one attempt: a layer of ours above this one authenticates,
+        retries and paces it (stacked layers would multiply attempts and headers)."""
+        data: Any = (
+            byte_stream(self._serialize, None, request)()
+            if streaming
+            else to_bytes(self._serialize, None, request)
+        )
+        return call(data, timeout=timeout, metadata=metadata, **kwargs)
 
 
 class _UnaryResponse(_Callable):
@@ -198,6 +221,7 @@ class _UnaryResponse(_Callable):
             and wait_for_ready is None
             and compression is None
             and not self._streaming
+            and not OUTER.get()
         ):
             return self._plain(request, timeout)
         extra = _extra(credentials, wait_for_ready, compression)
@@ -231,10 +255,13 @@ class _UnaryResponse(_Callable):
                 raise RateLimitedError(bound)
             if permit.wait and not TESTING.active and core.closing.sleep(permit.wait):
                 raise closed()  # the channel closed while the call waited for its permit
+        token = OUTER.set(True)  # below_us, inlined: a layer of ours below passes through
         try:
             outcome = mc(data, timeout=time_left(deadline), metadata=pairs)
         except grpc.RpcError as exc:
             outcome = exc
+        finally:
+            OUTER.reset(token)
         bucket = core.bucket(policy)
         if not final_at_once(policy, bucket, outcome):
             attempts = core.attempts(policy, self._method, deadline, limiter, permit, started)
@@ -242,7 +269,7 @@ class _UnaryResponse(_Callable):
             def attempt(number: int) -> Any:
                 try:
                     metadata = for_attempt(pairs, number)
-                    return mc(data, timeout=time_left(deadline), metadata=metadata)
+                    return below_us(mc, data, timeout=time_left(deadline), metadata=metadata)
                 except grpc.RpcError as exc:
                     return exc
 

@@ -6,14 +6,17 @@ import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any, TypeVar
 
 from ._credentials import Credentials
 from ._retry import NO_RETRY, RetryPolicy
 
 __all__ = [
     "CREDENTIALS",
+    "OUTER",
     "RETRY",
     "CredentialsSource",
+    "below_us",
     "check_source",
     "use_credentials",
     "use_retry",
@@ -26,6 +29,21 @@ CREDENTIALS: ContextVar[CredentialsSource | None] = ContextVar(
     "clarifai_interceptor.credentials", default=None
 )
 RETRY: ContextVar[RetryPolicy | None] = ContextVar("clarifai_interceptor.retry", default=None)
+#: True while a layer of ours starts an attempt: a layer of ours below it (our interceptor
+#: under our channel, or the reverse) passes the call through as it comes, so that the outer
+#: layer alone authenticates, retries and paces it.
+OUTER: ContextVar[bool] = ContextVar("clarifai_interceptor.outer", default=False)
+
+_T = TypeVar("_T")
+
+
+def below_us(start: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``start(*args, **kwargs)`` with `OUTER` set: a layer of ours it reaches passes through."""
+    token = OUTER.set(True)
+    try:
+        return start(*args, **kwargs)
+    finally:
+        OUTER.reset(token)
 
 
 def check_source(credentials: object) -> None:

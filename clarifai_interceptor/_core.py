@@ -147,7 +147,7 @@ class Core:
             if key in CREDENTIAL_KEYS:
                 secret = value.removeprefix("Key ") if isinstance(value, str) else repr(value)
                 return bucket_for(limit, secret, self.target)
-        return None  # pragma: no cover (merge adds ours when the caller sent none)
+        return None  # the call's own call credentials authenticate it: their secret is unseen
 
     def credentials_now(self) -> Credentials:
         """The credentials for a call made now: an override, else the default (asked if a
@@ -160,18 +160,23 @@ class Core:
         return source if type(source) is Credentials else _provide(source)
 
     def resolve(
-        self, metadata: Iterable[tuple[str, Any]] | None
+        self, metadata: Iterable[tuple[str, Any]] | None, call_credentials: object = None
     ) -> tuple[Pairs, Credentials | None, Bucket | None]:
         """The metadata to send, the credentials whose ``user_app_id`` may be filled in, and
         the rate limiter's bucket for the secret the call carries.
+
+        A credential header in the caller's metadata, or gRPC call credentials passed with the
+        call (``credentials=``), authenticate the call instead of ours: then ours are neither
+        sent (one ``authorization`` header) nor asked for.
 
         Raises:
             CredentialsProviderError: A credentials provider raised or returned something else.
             ValueError: The caller's metadata has an entry gRPC would refuse.
         """
-        credentials = self.credentials_now()
+        credentials = None if call_credentials is not None else self.credentials_now()
         pairs, added = merge(metadata, credentials)
         if added:
+            assert credentials is not None  # noqa: S101 (merge adds only what it is given)
             return pairs, credentials, self.limiter(credentials)
         return pairs, None, self._limiter_for(pairs)
 

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from ._calls import Raised, response_stream, unary_response
-from ._context import CredentialsSource
+from ._context import OUTER, CredentialsSource, below_us
 from ._core import DEFAULT_RETRY, Core
 from ._credentials import Credentials
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
@@ -90,7 +90,7 @@ class ClarifaiInterceptor(
         return f"ClarifaiInterceptor(retry={self._core.retry!r})"
 
     def _prepare(self, details: Any) -> tuple[_Details, Credentials | None, Bucket | None]:
-        metadata, credentials, limiter = self._core.resolve(details.metadata)
+        metadata, credentials, limiter = self._core.resolve(details.metadata, details.credentials)
 
         def for_call(number: int, timeout: float | None) -> _CallDetails:
             return _CallDetails(
@@ -110,6 +110,8 @@ class ClarifaiInterceptor(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for unary-unary calls."""
+        if OUTER.get():  # a layer of ours above this one does it all
+            return continuation(client_call_details, request)
         try:
             details, credentials, limiter = self._prepare(client_call_details)
         except Exception as exc:  # noqa: BLE001 (handed to the caller, unchanged)
@@ -123,6 +125,8 @@ class ClarifaiInterceptor(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for unary-stream calls."""
+        if OUTER.get():
+            return continuation(client_call_details, request)
         details, credentials, limiter = self._prepare(client_call_details)
         request = fill_copy(credentials, request, snapshot=True)
         return self._stream(continuation, client_call_details, details, limiter, lambda: request)
@@ -131,6 +135,8 @@ class ClarifaiInterceptor(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for stream-unary calls."""
+        if OUTER.get():
+            return continuation(client_call_details, request_iterator)
         try:
             details, credentials, limiter = self._prepare(client_call_details)
         except Exception as exc:  # noqa: BLE001 (handed to the caller, unchanged)
@@ -145,6 +151,8 @@ class ClarifaiInterceptor(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for stream-stream calls."""
+        if OUTER.get():
+            return continuation(client_call_details, request_iterator)
         details, credentials, limiter = self._prepare(client_call_details)
         requests = request_stream(credentials, request_iterator, snapshot=True)
         replayable = isinstance(request_iterator, list | tuple)
@@ -166,7 +174,7 @@ class ClarifaiInterceptor(
         attempts = self._core.attempts(policy, call_details.method, deadline, limiter)
 
         def start(number: int) -> Any:
-            return continuation(details(number, time_left(deadline)), request())
+            return below_us(continuation, details(number, time_left(deadline)), request())
 
         return unary_response(attempts, start, _blocks(continuation))
 
@@ -188,6 +196,6 @@ class ClarifaiInterceptor(
         attempts = self._core.attempts(policy, call_details.method, deadline, limiter)
 
         def start(number: int) -> Any:
-            return continuation(details(number, time_left(call_deadline)), request())
+            return below_us(continuation, details(number, time_left(call_deadline)), request())
 
         return response_stream(attempts, start)

@@ -17,6 +17,7 @@ _KEY_RE = re.compile(r"[0-9a-z_.\-]+")
 _VALUE_RE = re.compile(r"[ -~]*")
 # Entries grpc itself puts in the caller's metadata (grpc.aio carries ``compression=`` so).
 _GRPC_OWN = frozenset({"grpc-internal-encoding-request"})
+_NONE = Pairs(())
 
 
 def validate(key: object, value: object) -> None:
@@ -39,11 +40,12 @@ def validate(key: object, value: object) -> None:
 
 
 def merge(
-    metadata: Iterable[tuple[str, Any]] | None, credentials: Credentials
+    metadata: Iterable[tuple[str, Any]] | None, credentials: Credentials | None
 ) -> tuple[Pairs, bool]:
     """The metadata to send, and whether the credentials' headers were added.
 
-    A credential header the caller passed wins: then nothing is added (exactly one is sent).
+    A credential header the caller passed wins: then nothing is added (exactly one is sent);
+    with ``credentials`` None (the call's own call credentials authenticate it), nothing either.
     Either way the result is `Pairs`, whose repr redacts credential values.
 
     Raises:
@@ -51,7 +53,7 @@ def merge(
             one gRPC would refuse (named by its position or key, never its value).
     """
     if not metadata:  # None, or empty (grpc.aio passes an empty Metadata)
-        return credentials.metadata, True
+        return (_NONE, False) if credentials is None else (credentials.metadata, True)
     kind = type(metadata)
     if (
         kind is not tuple
@@ -70,7 +72,7 @@ def merge(
         validate(key, value)
         if key in CREDENTIAL_KEYS:
             add = False
-    if add:
+    if add and credentials is not None:
         return Pairs((*pairs, *credentials.metadata)), True
     # The caller's own credential header: ours to carry, so it prints redacted too.
     return Pairs(CredentialPair(p) if p[0] in CREDENTIAL_KEYS else p for p in pairs), False

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ._channel import channel_options, resolve_target
-from ._context import CredentialsSource
+from ._context import OUTER, CredentialsSource
 from ._core import DEFAULT_RETRY, Core
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._metadata import for_attempt
@@ -80,7 +80,7 @@ class _Interceptor:
     def _prepare(
         self, continuation: Any, details: Any, request: Any, streaming: bool
     ) -> tuple[_Start, RetryPolicy, Bucket | None]:
-        pairs, credentials, limiter = self._core.resolve(details.metadata)
+        pairs, credentials, limiter = self._core.resolve(details.metadata, details.credentials)
         policy = self._core.policy(details.method)
         if not streaming:
             filled = fill_copy(credentials, request)
@@ -90,18 +90,24 @@ class _Interceptor:
             if not isinstance(request, list | tuple):
                 policy = NO_RETRY  # an iterator cannot be replayed
 
-        def start(number: int, timeout: float | None) -> Any:
+        async def start(number: int, timeout: float | None) -> Any:
             sent = SafeMetadata(*for_attempt(pairs, number))  # its repr redacts credentials
-            return continuation(
-                grpc.aio.ClientCallDetails(
-                    details.method, timeout, sent, details.credentials, details.wait_for_ready
-                ),
-                requests(),
-            )
+            token = OUTER.set(True)  # an interceptor of ours further down passes through
+            try:
+                return await continuation(
+                    grpc.aio.ClientCallDetails(
+                        details.method, timeout, sent, details.credentials, details.wait_for_ready
+                    ),
+                    requests(),
+                )
+            finally:
+                OUTER.reset(token)
 
         return start, policy, limiter
 
     async def _unary(self, continuation: Any, details: Any, request: Any, streaming: bool) -> Any:
+        if OUTER.get():  # an interceptor of ours above this one does it all
+            return await continuation(details, request)
         start, policy, limiter = self._prepare(continuation, details, request, streaming)
         deadline = policy.deadline(details.timeout)
         attempts = self._core.attempts(policy, details.method, deadline, limiter)
@@ -133,6 +139,8 @@ class _Interceptor:
     async def _stream(
         self, continuation: Any, details: Any, request: Any, streaming: bool, kept: type[_Kept]
     ) -> Any:
+        if OUTER.get():
+            return await continuation(details, request)
         start, policy, limiter = self._prepare(continuation, details, request, streaming)
         # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
         # the caller's own timeout bounds the stream.

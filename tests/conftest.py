@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
+import trustme
 from clarifai_grpc.grpc.api import service_pb2_grpc
 
 from clarifai_interceptor import (
@@ -125,3 +126,24 @@ def path(request: pytest.FixtureRequest, fake: FakeClarifai) -> Iterator[Path]:
 def stub(path: Path) -> service_pb2_grpc.V2Stub:
     """A `V2Stub` on ``path`` with `PAT_CREDS` and the `FAST` policy."""
     return path.stub()
+
+
+@pytest.fixture(scope="module")
+def authority() -> trustme.CA:
+    """A test certificate authority."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_fake(authority: trustme.CA) -> Iterator[FakeClarifai]:
+    """A `FakeClarifai` serving TLS with a certificate for ``localhost`` from `authority`."""
+    cert = authority.issue_cert("localhost")
+    key_pem = cert.private_key_pem.bytes()
+    chain_pem = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
+    with FakeClarifai(tls=(key_pem, chain_pem)) as fake:
+        yield fake
+
+
+def localhost(fake: FakeClarifai) -> str:
+    """The fake's target under the name its certificate is for."""
+    return "localhost:" + fake.target.rsplit(":", 1)[1]

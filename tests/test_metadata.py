@@ -157,3 +157,11 @@ def test_an_iterator_of_requests_is_serialized_as_it_is_read() -> None:
     stream = byte_stream(lambda m: m.SerializeToString(), PAT, iter(messages))
     assert list(stream()) == [to_bytes(lambda m: m.SerializeToString(), PAT, m) for m in messages]
     assert serialize(messages[0]) == b""  # nothing was filled into the caller's messages
+
+
+def test_merge_without_credentials_adds_nothing_and_still_checks() -> None:
+    assert merge(None, None) == ((), False)
+    pairs, added = merge([("x-request-id", "r1")], None)
+    assert (pairs, added) == ((("x-request-id", "r1"),), False)
+    with pytest.raises(ValueError, match="invalid metadata key"):
+        merge([("Bad Key", "v")], None)

@@ -4,34 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import grpc
 import pytest
 import trustme
 from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
-from conftest import PAT, PAT_CREDS, T
+from conftest import PAT, PAT_CREDS, T, localhost
 
 from clarifai_interceptor import secure_channel
 from clarifai_interceptor.testing import FakeClarifai
-
-
-@pytest.fixture(scope="module")
-def authority() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def tls_fake(authority: trustme.CA) -> Iterator[FakeClarifai]:
-    cert = authority.issue_cert("localhost")
-    key_pem = cert.private_key_pem.bytes()
-    chain_pem = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
-    with FakeClarifai(tls=(key_pem, chain_pem)) as fake:
-        yield fake
-
-
-def localhost(fake: FakeClarifai) -> str:
-    return "localhost:" + fake.target.rsplit(":", 1)[1]
 
 
 def test_secure_channel_carries_credentials_over_tls(
