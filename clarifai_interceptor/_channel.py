@@ -131,8 +131,7 @@ class _Callable:
         attempts = self._core.attempts(policy, self._method, deadline, limiter)
 
         def start(number: int) -> Any:
-            return below_us(
-                call,
+            return call(
                 requests(),
                 timeout=time_left(deadline),
                 metadata=for_attempt(pairs, number),
@@ -172,8 +171,7 @@ class _Callable:
         attempts = self._core.attempts(policy, self._method, deadline, limiter)
 
         def start(number: int) -> Any:
-            return below_us(
-                mc,
+            return mc(
                 requests(),
                 timeout=time_left(call_deadline),
                 metadata=for_attempt(pairs, number),
@@ -255,13 +253,10 @@ class _UnaryResponse(_Callable):
                 raise RateLimitedError(bound)
             if permit.wait and not TESTING.active and core.closing.sleep(permit.wait):
                 raise closed()  # the channel closed while the call waited for its permit
-        token = OUTER.set(True)  # below_us, inlined: a layer of ours below passes through
         try:
             outcome = mc(data, timeout=time_left(deadline), metadata=pairs)
         except grpc.RpcError as exc:
             outcome = exc
-        finally:
-            OUTER.reset(token)
         bucket = core.bucket(policy)
         if not final_at_once(policy, bucket, outcome):
             attempts = core.attempts(policy, self._method, deadline, limiter, permit, started)
@@ -269,7 +264,7 @@ class _UnaryResponse(_Callable):
             def attempt(number: int) -> Any:
                 try:
                     metadata = for_attempt(pairs, number)
-                    return below_us(mc, data, timeout=time_left(deadline), metadata=metadata)
+                    return mc(data, timeout=time_left(deadline), metadata=metadata)
                 except grpc.RpcError as exc:
                     return exc
 
@@ -338,6 +333,26 @@ class _StreamStream(_ResponseStream, grpc.StreamStreamMultiCallable):  # type: i
     _streaming = True
 
 
+class _Marked:
+    """An underlying multi-callable over a channel that may hold a layer of ours (an
+    intercepted channel, another wrapper): its calls run with `OUTER` set, so that such a
+    layer passes them through. Over gRPC's own channel there is none, and nothing to pay."""
+
+    __slots__ = ("_mc",)
+
+    def __init__(self, mc: Any) -> None:
+        self._mc = mc
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return below_us(self._mc, *args, **kwargs)
+
+    def with_call(self, *args: Any, **kwargs: Any) -> Any:
+        return below_us(self._mc.with_call, *args, **kwargs)
+
+    def future(self, *args: Any, **kwargs: Any) -> Any:
+        return below_us(self._mc.future, *args, **kwargs)
+
+
 def _multi_callable(kind: str, cls: type[_Callable]) -> Callable[..., Any]:
     """One of the channel's four factories: the underlying channel's, wrapped."""
 
@@ -353,6 +368,8 @@ def _multi_callable(kind: str, cls: type[_Callable]) -> Callable[..., Any]:
         if _registered_method:
             extra["_registered_method"] = True
         mc = factory(method, request_serializer=None, **extra)  # it sends our bytes
+        if type(self._channel).__module__ != "grpc._channel":  # not gRPC's own channel:
+            mc = _Marked(mc)  # a layer of ours may lie below
         return cls(mc, request_serializer, self._core, method)
 
     make.__name__ = kind
