@@ -89,6 +89,15 @@ class ClarifaiInterceptor(
     def __repr__(self) -> str:
         return f"ClarifaiInterceptor(retry={self._core.retry!r})"
 
+    def close(self) -> None:
+        """End every call of this interceptor that waits to retry, at once: each gets a
+        ``CANCELLED`` `grpc.RpcError` and nothing more is sent.
+
+        Call it with the channel's ``close()``: gRPC tells an interceptor nothing of that.
+        Calls made through it afterwards get one attempt, never a retry.
+        """
+        self._core.closing.close()
+
     def _prepare(self, details: Any) -> tuple[_Details, Credentials | None, Bucket | None]:
         metadata, credentials, limiter = self._core.resolve(details.metadata, details.credentials)
 

@@ -300,12 +300,24 @@ def _ended_by_close(error: BaseException | None) -> bool:
     )
 
 
+@pytest.mark.parametrize("front", ["wrapper", "interceptor"])
 def test_closing_the_channel_ends_every_pending_retry_wait_at_once(
-    fake: FakeClarifai, waiting: Waiting
+    fake: FakeClarifai, waiting: Waiting, front: str
 ) -> None:
     fake.set_default("ListModels", UNAVAILABLE)
     fake.set_default("GenerateModelOutputs", UNAVAILABLE)
-    channel = wrap_channel(grpc.insecure_channel(fake.target), DEFAULT, retry=LONG_WAIT)
+    raw = grpc.insecure_channel(fake.target)
+    if front == "wrapper":
+        channel = wrap_channel(raw, DEFAULT, retry=LONG_WAIT)
+        close = channel.close
+    else:  # gRPC tells an interceptor nothing of the close: it is told, with its own close()
+        interceptor = ClarifaiInterceptor(DEFAULT, retry=LONG_WAIT)
+        channel = grpc.intercept_channel(raw, interceptor)
+
+        def close() -> None:
+            interceptor.close()
+            channel.close()
+
     stub = service_pb2_grpc.V2Stub(channel)
     futures = [
         stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=120) for _ in range(20)
@@ -330,7 +342,7 @@ def test_closing_the_channel_ends_every_pending_retry_wait_at_once(
         thread.start()
     waiting.until(26)  # every call has failed once and waits 30 s to retry
     closed_at = time.monotonic()
-    channel.close()
+    close()
     for thread in threads:
         thread.join(T)
     assert all(future.done() for future in futures)
