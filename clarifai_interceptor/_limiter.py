@@ -7,9 +7,18 @@ bucket for a `Permit` first: how long to wait before sending. A bucket that cann
 within the wait allowed refuses, and the call fails at once with `RateLimitedError`.
 
 Adaptive mode (the default) is dormant, and costs one method call, until the first throttle;
-then it paces to a rate that follows TCP CUBIC: cut to ``0.7 x`` on a throttle (at most once per
-round of attempts in flight), then back at the old rate about a second later, and growing past
-it, never above twice the measured send rate. The maths are pure functions of time, here.
+then it paces to the rate the server delivers (as BBR does), measured from the successes it
+is told of while active: a throttle says the server's bucket is empty, so the successes
+between two throttles are all it delivered. A throttle (at most one a round of attempts in
+flight, and a round lasts `_ROUND` at least) cuts the rate to that delivered rate, never
+below half the rate then; the rate dips `DIP` below it and is back in `_K` (1.4) s, then
+probes above it slowly (cubic, `GROWTH`), never above twice the measured send rate. The first
+throttle starts from the rate this process was sending at, doubling every second until a
+throttle measures the server (that first cut by ``1 - BETA`` at most). A retry whose backoff
+ends past the queue books its own slot then instead of pushing the queue back, and a rising
+rate re-bases the slots reserved at the lower one; a falling one keeps them (their attempts
+go anyway). The maths are here, pure functions of time and state, mirrored line by line in
+``_redis_limiter.lua``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ __all__ = [
     "DEFAULT_RATE_LIMIT",
     "DIP",
     "GROWTH",
+    "HALF",
     "Bucket",
     "EndedCall",
     "LocalBucket",
@@ -50,16 +60,18 @@ DIP = 0.05
 #: K = cbrt(DIP / GROWTH) seconds after the cut, then probing above it, slowly at first.
 GROWTH = 0.02
 _K: float = (DIP / GROWTH) ** (1 / 3)
-#: The first cut after a slow start that began below the server's rate (so that its window
-#: undercounts) takes the rate to at least this fraction of the rate then.
+#: The first cut after the slow start takes the rate to at least this fraction of the rate
+#: then: the start's window may have begun below the server's rate, and undercount.
 BETA = 0.7
+#: Any other cut takes the rate to at least this fraction of the rate then.
+HALF = 0.5
 #: Before the first measured cut the rate doubles every `_DOUBLING` seconds (a slow start).
 _DOUBLING = 1.0
 _LATER = 256  # slots booked past the queue kept at most (then they join the queue)
 _FIRST = 0.25  # the shortest window the first estimate of the send rate divides by
 _ROUND = 0.25  # the shortest round between cuts, and window of the delivered rate
 _SPAN = 2.0  # the longest window of the delivered rate: growth from below would undercount
-_SUCCESSES = 8  # the fewest successes a window of the delivered rate counts
+_SUCCESSES = 16  # the fewest successes a window of the delivered rate counts
 _WINDOW = 0.5  # seconds per bucket of the send-rate estimate
 _SMOOTH = 0.8  # weight of the old estimate (botocore's)
 _STALL = 0.25  # seconds without a send that count as a stall, not as a slow rate
@@ -187,7 +199,7 @@ def cubic_rate(w_max: float, since_cut: float) -> float:
 def start_rate(first: float, since: float) -> float:
     """The rate ``since`` seconds after the first throttle, from ``first``: doubling every
     `_DOUBLING` seconds until a throttle measures what the server delivers."""
-    return first * math.pow(2.0, since / _DOUBLING)
+    return first * math.pow(2.0, min(since / _DOUBLING, 64.0))  # capped: no overflow
 
 
 def first_free(booked: list[float], earliest: float, interval: float) -> float:
@@ -410,8 +422,10 @@ class LocalBucket:
                 # back from a dip of DIP: only successes say how far to go.
                 current = self._current(now)
                 rate = current if self._delivered < 0 else min(current, self._delivered)
-                if self._start and rate > self._w_max:  # it began below: it overflowed
-                    rate = max(rate, BETA * current)
+                # At most halved at once (a window can undercount: its successes reported
+                # late), and after the slow start by BETA at most (its window may have
+                # begun below the server's rate).
+                rate = max(rate, (BETA if self._start else HALF) * current)
                 self._start = False
             self._w_max = max(self.limit.min_rate, rate)
             self._cut_at = now

@@ -21,12 +21,13 @@ local DIP = 0.05 -- _limiter.DIP
 local GROWTH = 0.02 -- _limiter.GROWTH
 local K = (DIP / GROWTH) ^ (1 / 3) -- _limiter._K
 local BETA = 0.7 -- _limiter.BETA
+local HALF = 0.5 -- _limiter.HALF
 local DOUBLING = 1.0 -- _limiter._DOUBLING
 local LATER = 256 -- _limiter._LATER
 local FIRST = 0.25 -- _limiter._FIRST
 local ROUND = 0.25 -- _limiter._ROUND
 local SPAN = 2.0 -- _limiter._SPAN
-local SUCCESSES = 8 -- _limiter._SUCCESSES
+local SUCCESSES = 16 -- _limiter._SUCCESSES
 local WINDOW = 0.5 -- _limiter._WINDOW
 local SMOOTH = 0.8 -- _limiter._SMOOTH
 local STALL = 0.25 -- _limiter._STALL
@@ -81,7 +82,7 @@ local function current()
     end
     local rate
     if start then -- _limiter.start_rate
-        rate = w_max * 2.0 ^ ((now - cut_at) / DOUBLING)
+        rate = w_max * 2.0 ^ math.min((now - cut_at) / DOUBLING, 64.0)
     else -- _limiter.cubic_rate
         local lag = now - cut_at - K
         rate = w_max * (1.0 + GROWTH * lag * lag * lag)
@@ -254,8 +255,10 @@ if op == 'feedback' then -- LocalBucket.feedback, of a permit of ARGV[8]'s round
         else
             rate = math.min(rate_now, delivered)
         end
-        if start and rate > w_max then -- it began below: it overflowed
+        if start then -- at most by BETA after the slow start, at most halved otherwise
             rate = math.max(rate, BETA * rate_now)
+        else
+            rate = math.max(rate, HALF * rate_now)
         end
         start = false
     end

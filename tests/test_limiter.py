@@ -39,9 +39,12 @@ from clarifai_interceptor._limiter import (
     _DOUBLING,
     _FIRST,
     _K,
+    _SUCCESSES,
+    BETA,
     DIP,
     GO,
     GROWTH,
+    HALF,
     LocalBucket,
     Permit,
     bucket_for,
@@ -205,18 +208,41 @@ def test_a_throttle_cuts_to_the_rate_delivered_since_the_last_throttle() -> None
     clock = Clock()
     bucket = LocalBucket(RateLimit(burst=1000), clock)
     _send(bucket, clock, 1.0, 100.0)
-    bucket.feedback(GO, throttled=True)  # active at 100/s, growing
+    bucket.feedback(GO, throttled=True)  # active at 100/s, a slow start
     clock.now += 0.001
+    for permit in _send(bucket, clock, 0.5, 100.0):  # delivered: 100/s
+        bucket.feedback(permit, throttled=False)
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
+    assert bucket._delivered == pytest.approx(100.0, rel=0.03)
+    # The first cut after the slow start: by BETA at most (its window may undercount).
+    assert bucket.rate() == pytest.approx(
+        max(100.0, BETA * start_rate(100.0, 0.5)) * (1 - DIP), rel=0.03
+    )
     # 60 successes in the next second, then a throttle: the server delivers 60/s.
     for permit in _send(bucket, clock, 1.0, 60.0):
         bucket.feedback(permit, throttled=False)
-    first = bucket.acquire(0.0, None)
-    assert first is not None
-    bucket.feedback(first, throttled=True)
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
     assert bucket._delivered == pytest.approx(60.0, rel=0.03)
     assert bucket.rate() == pytest.approx(60.0 * (1 - DIP), rel=0.03)  # just below it
     clock.now += _K
     assert bucket.rate() == pytest.approx(60.0, rel=0.03)  # back at it, then above, slowly
+
+
+def test_a_window_that_undercounts_at_most_halves_the_rate() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(burst=1000), clock)
+    _send(bucket, clock, 1.0, 100.0)
+    bucket.feedback(GO, throttled=True)
+    clock.now += 0.3
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)  # ends the slow start
+    before = bucket.rate()
+    assert before is not None
+    for _ in range(_SUCCESSES):  # a few successes in 1.5 s (reported late, say)
+        clock.now += 1.5 / _SUCCESSES
+        bucket.feedback(Permit(0.0, 2), throttled=False)
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
+    assert bucket._delivered == pytest.approx(_SUCCESSES / 1.8, rel=0.01)  # since activation
+    assert bucket._w_max == pytest.approx(HALF * cubic_rate(before / (1 - DIP), 1.5), rel=0.01)
 
 
 def test_many_throttles_of_one_round_cut_once_and_never_collapse() -> None:
@@ -289,7 +315,7 @@ def test_a_cut_keeps_reserved_slots_and_a_rise_rebases_them() -> None:
     before = bucket._tat
     bucket.feedback(Permit(0.0, 1), throttled=True)
     assert bucket._round == 2
-    assert bucket.rate() < bucket._paced / 2  # type: ignore[operator]
+    assert bucket.rate() < bucket._paced  # type: ignore[operator]
     after = bucket.acquire(0.0, None)
     assert after is not None
     assert after.wait == pytest.approx(before - clock.now, rel=1e-6)

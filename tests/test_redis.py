@@ -243,6 +243,29 @@ def test_script_and_local_bucket_agree_through_a_scripted_adaptive_run(
         assert int(client.hget(remote.key, "round")) >= 3
 
 
+def test_script_and_local_bucket_agree_on_the_cuts_to_the_delivered_rate(
+    make_store: Callable[..., RedisStore],
+) -> None:
+    """A cold start, a first cut floored by BETA, a window of exactly the fewest successes
+    that measure, then one success short of it, and a cut floored by HALF."""
+    limit = RateLimit()
+    clock = Clock()
+    local, remote = LocalBucket(limit, clock), _redis_bucket(make_store(), limit, clock, "d" * 32)
+    events: list[tuple[Any, ...]] = [(0.001, "acquire", 0.0, None) for _ in range(40)]
+    events += [(0.0, "feedback", 40, True)]  # active: 41 sends in 40 ms, over 0.25 s
+    events += [(0.05, "acquire", 0.0, None) for _ in range(20)]  # permits 41..60, round 1
+    events += [(0.0, "feedback", 41 + n, False) for n in range(20)]  # 20 successes in 1 s
+    events += [(0.0, "feedback", 60, True)]  # cut: 20/s delivered, floored at BETA
+    events += [(0.05, "acquire", 0.0, None) for _ in range(20)]  # permits 61..80, round 2
+    events += [(0.0, "feedback", 61 + n, False) for n in range(16)]  # exactly 16
+    events += [(0.0, "feedback", 80, True)]  # measured: cut, floored at HALF
+    events += [(0.05, "acquire", 0.0, None) for _ in range(20)]  # permits 81..100, round 3
+    events += [(0.0, "feedback", 81 + n, False) for n in range(15)]  # one short
+    events += [(0.0, "feedback", 100, True)]  # not measured: a dip
+    _replay(limit, events, local, remote, clock)
+    assert local._round == 4
+
+
 # --- On Redis's own clock --------------------------------------------------------------------
 
 
