@@ -269,6 +269,8 @@ class _UnaryResponse(_Callable):
                     return exc
 
             outcome = follow(attempts, attempt, outcome, attempts.after(outcome))
+        elif permit and permit.round and limiter and not isinstance(outcome, grpc.RpcError):
+            limiter.feedback(permit, False)  # a success under an active limiter: delivered
         if isinstance(outcome, grpc.RpcError):
             raise outcome
         return outcome

@@ -7,13 +7,23 @@ bucket for a `Permit` first: how long to wait before sending. A bucket that cann
 within the wait allowed refuses, and the call fails at once with `RateLimitedError`.
 
 Adaptive mode (the default) is dormant, and costs one method call, until the first throttle;
-then it paces to a rate that follows TCP CUBIC: cut to ``0.7 x`` on a throttle (at most once per
-round of attempts in flight), then back at the old rate about a second later, and growing past
-it, never above twice the measured send rate. The maths are pure functions of time, here.
+then it paces to the rate the server delivers (as BBR does), measured from the successes it
+is told of while active: a throttle says the server's bucket is empty, so the successes
+between two throttles are all it delivered. A throttle (at most one a round of attempts in
+flight, and a round lasts `_ROUND` at least) cuts the rate to that delivered rate, never
+below half the rate then; the rate dips `DIP` below it and is back in `_K` (1.4) s, then
+probes above it slowly (cubic, `GROWTH`), never above twice the measured send rate. The first
+throttle starts from the rate this process was sending at, doubling every second until a
+throttle measures the server (that first cut by ``1 - BETA`` at most). A retry whose backoff
+ends past the queue books its own slot then instead of pushing the queue back, and a rising
+rate re-bases the slots reserved at the lower one; a falling one keeps them (their attempts
+go anyway). The maths are here, pure functions of time and state, mirrored line by line in
+``_redis_limiter.lua``.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import threading
@@ -27,7 +37,9 @@ import grpc
 __all__ = [
     "BETA",
     "DEFAULT_RATE_LIMIT",
+    "DIP",
     "GROWTH",
+    "HALF",
     "Bucket",
     "EndedCall",
     "LocalBucket",
@@ -38,14 +50,28 @@ __all__ = [
     "bucket_for",
     "cubic_rate",
     "identity",
+    "start_rate",
 ]
 
-#: The factor a throttle multiplies the rate by (TCP CUBIC's beta, as botocore's adaptive mode).
+#: How far below the delivered rate a cut starts: the client's slack, so that the server's
+#: bucket refills a little before the rate probes above again.
+DIP = 0.05
+#: CUBIC's growth constant, relative to the delivered rate before the cut: back at that rate
+#: K = cbrt(DIP / GROWTH) seconds after the cut, then probing above it, slowly at first.
+GROWTH = 0.02
+_K: float = (DIP / GROWTH) ** (1 / 3)
+#: The first cut after the slow start takes the rate to at least this fraction of the rate
+#: then: the start's window may have begun below the server's rate, and undercount.
 BETA = 0.7
-#: CUBIC's growth constant, relative to the rate before the cut: with 0.3 the rate is back at
-#: that rate one second after the cut (K = cbrt((1 - BETA) / GROWTH) = 1 s).
-GROWTH = 0.3
-_K: float = ((1 - BETA) / GROWTH) ** (1 / 3)
+#: Any other cut takes the rate to at least this fraction of the rate then.
+HALF = 0.5
+#: Before the first measured cut the rate doubles every `_DOUBLING` seconds (a slow start).
+_DOUBLING = 1.0
+_LATER = 256  # slots booked past the queue kept at most (then they join the queue)
+_FIRST = 0.25  # the shortest window the first estimate of the send rate divides by
+_ROUND = 0.25  # the shortest round between cuts, and window of the delivered rate
+_SPAN = 2.0  # the longest window of the delivered rate: growth from below would undercount
+_SUCCESSES = 16  # the fewest successes a window of the delivered rate counts
 _WINDOW = 0.5  # seconds per bucket of the send-rate estimate
 _SMOOTH = 0.8  # weight of the old estimate (botocore's)
 _STALL = 0.25  # seconds without a send that count as a stall, not as a slow rate
@@ -164,10 +190,28 @@ class Store(Protocol):
 
 
 def cubic_rate(w_max: float, since_cut: float) -> float:
-    """The adaptive rate ``since_cut`` seconds after a cut from ``w_max``: ``BETA * w_max`` at
-    the cut, ``w_max`` after ``K`` = 1 s, then growing cubically."""
+    """The adaptive rate ``since_cut`` seconds after a cut to the delivered rate ``w_max``:
+    ``(1 - DIP) * w_max`` at the cut, ``w_max`` after ``K`` seconds, then growing cubically."""
     lag = since_cut - _K
     return w_max * (1.0 + GROWTH * lag * lag * lag)
+
+
+def start_rate(first: float, since: float) -> float:
+    """The rate ``since`` seconds after the first throttle, from ``first``: doubling every
+    `_DOUBLING` seconds until a throttle measures what the server delivers."""
+    return first * math.pow(2.0, min(since / _DOUBLING, 64.0))  # capped: no overflow
+
+
+def first_free(booked: list[float], earliest: float, interval: float) -> float:
+    """The first time from ``earliest`` at least ``interval`` away from every time in the
+    sorted list ``booked``."""
+    at = earliest
+    for slot in booked:
+        if slot >= at + interval:
+            break
+        if slot > at - interval:
+            at = slot + interval
+    return at
 
 
 class EndedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
@@ -215,18 +259,25 @@ class RateLimitedError(EndedCall):
 
 
 class LocalBucket:
-    """A `Bucket` in this process: GCRA reservations at the current rate, CUBIC adaptation."""
+    """A `Bucket` in this process: GCRA reservations at the current rate, which follows the
+    rate the server delivers (see the module's docstring)."""
 
     __slots__ = (
         "_count",
         "_cut_at",
+        "_delivered",
         "_last",
+        "_later",
         "_lock",
         "_measured",
         "_now",
+        "_ok",
+        "_ok_since",
+        "_paced",
         "_rate",
         "_round",
         "_since",
+        "_start",
         "_tat",
         "_w_max",
         "active",
@@ -239,10 +290,16 @@ class LocalBucket:
         self._lock = threading.Lock()
         self.active = not limit.adaptive
         self._rate = limit.per_second or 0.0
-        self._w_max = self._rate
+        self._w_max = self._rate  # the rate delivered before the last cut (the plateau)
         self._cut_at = 0.0
         self._round = 0
+        self._start = False  # between the first throttle and the first measured cut
+        self._ok = 0.0  # successes since `_ok_since`
+        self._ok_since = 0.0  # a throttle: the server's bucket was empty then
+        self._delivered = -1.0  # successes per second between the last two such throttles
         self._tat = clock()  # GCRA's theoretical arrival time of the next permit
+        self._later: list[float] = []  # slots booked past `_tat` by retries, in order
+        self._paced = self._rate  # the rate `_tat` was laid out at
         self._since = self._last = self._tat  # start of the send-rate window, last send
         self._count = 0  # sends counted in the window
         self._measured = 0.0  # smoothed send rate; 0 until first measured
@@ -257,7 +314,10 @@ class LocalBucket:
         """The rate to pace at now (lock held)."""
         if not self.limit.adaptive:
             return self._rate
-        rate = cubic_rate(self._w_max, now - self._cut_at)
+        if self._start:
+            rate = start_rate(self._w_max, now - self._cut_at)
+        else:
+            rate = cubic_rate(self._w_max, now - self._cut_at)
         if self._measured > 0:
             rate = min(rate, 2.0 * self._measured)
         return max(self.limit.min_rate, rate)
@@ -283,6 +343,17 @@ class LocalBucket:
             sample, old = count / elapsed, self._measured
             self._measured = sample if old == 0 else _SMOOTH * old + (1 - _SMOOTH) * sample
 
+    def _measure(self, now: float) -> None:
+        """A throttle says the server's bucket is empty now (lock held): if the last such
+        moment is at least `_ROUND` ago, the successes since are what the server delivered,
+        all of it (both ends empty), less only what overflowed its bucket in between (a
+        window is at most `_SPAN` long, so that a climb from below undercounts little; one
+        that did not start at a throttle overcounts by at most the server's burst)."""
+        elapsed = now - self._ok_since
+        if elapsed >= _ROUND and self._ok >= _SUCCESSES:
+            self._delivered = self._ok / elapsed
+            self._ok_since, self._ok = now, 0.0
+
     def acquire(self, not_before: float, max_wait: float | None) -> Permit | None:
         if not self.active:
             self._count += 1  # racy by design: an estimate, and the happy path stays lock-free
@@ -290,34 +361,73 @@ class LocalBucket:
         with self._lock:
             now = self._now()
             rate = self._current(now)
+            tat = self._tat
+            if tat > now and rate > self._paced:  # re-base what is reserved on the new rate
+                tat = now + (tat - now) * self._paced / rate
             interval = 1.0 / rate
-            tolerance = (self.limit.burst - 1.0) * interval
             earliest = now + not_before
-            at = max(earliest, self._tat - tolerance)
-            wait = at - now
-            if max_wait is not None and wait > max_wait:
-                return None
-            self._tat = max(self._tat, at) + interval
+            later = self._later
+            if earliest > max(tat, now) + interval and len(later) < _LATER:
+                # A retry's backoff ends past the queue: book its own slot then, and leave
+                # the slots before it to others (the queue skips it when it gets there).
+                at = first_free(later, earliest, interval)
+                if max_wait is not None and at - now > max_wait:
+                    return None
+                bisect.insort(later, at)
+                self._tat = tat
+            else:
+                at = max(earliest, tat - (self.limit.burst - 1.0) * interval)
+                passed = 0  # the booked slots this permit's slot moves past
+                while passed < len(later) and later[passed] < at + interval:
+                    at = max(at, later[passed] + interval)
+                    passed += 1
+                if max_wait is not None and at - now > max_wait:
+                    return None
+                del later[:passed]
+                self._tat = max(tat, at) + interval
+            self._paced = rate
             self._count_send(now)
-            return Permit(wait, self._round)
+            return Permit(at - now, self._round)
 
     def feedback(self, permit: Permit, throttled: bool) -> None:
-        if not (throttled and self.limit.adaptive):
+        if not permit.round and not throttled:
+            return  # dormant (or fixed) permits teach nothing by succeeding: no lock
+        if not self.limit.adaptive:
             return
         with self._lock:
-            if permit.round != self._round:
-                return  # sent before the last cut: that cut already answered it
+            if not throttled:
+                self._ok += 1  # a success of any round: the rate delivered since a throttle
+                now = self._now()
+                elapsed = now - self._ok_since
+                if elapsed > _SPAN:  # no throttle for long: keep the recent half, pro rata
+                    self._ok *= _SPAN / 2 / elapsed
+                    self._ok_since = now - _SPAN / 2
+                return
             now = self._now()
             if self.active:
-                rate = self._current(now)
-            else:  # the first throttle: start from the rate we were sending at
-                elapsed = max(now - self._since, _WINDOW)
+                self._measure(now)
+            if permit.round != self._round or (self.active and now - self._cut_at < _ROUND):
+                return  # sent before the last cut, or just after: that cut answers it
+            if not self.active:  # the first throttle: start from the rate we were sending at
+                elapsed = max(now - self._since, _FIRST)
                 rate = max(self.limit.initial_rate, self._count / elapsed)
                 self._measured = rate
                 self._since, self._count, self._last = now, 0, now
                 self._tat = now
-                self.active = True
-            self._w_max = rate
+                self._paced = rate
+                self._ok_since, self._ok, self._delivered = now, 0.0, -1.0
+                self.active = self._start = True
+            else:
+                # Cut to what was delivered; with nothing measured (no successes at all),
+                # back from a dip of DIP: only successes say how far to go.
+                current = self._current(now)
+                rate = current if self._delivered < 0 else min(current, self._delivered)
+                # At most halved at once (a window can undercount: its successes reported
+                # late), and after the slow start by BETA at most (its window may have
+                # begun below the server's rate).
+                rate = max(rate, (BETA if self._start else HALF) * current)
+                self._start = False
+            self._w_max = max(self.limit.min_rate, rate)
             self._cut_at = now
             self._round += 1
 

@@ -1,6 +1,6 @@
 -- The shared limiter's decisions, one atomic call each: the maths of LocalBucket in
 -- clarifai_interceptor/_limiter.py, on one Redis hash per credential identity.
--- tests/test_redis.py checks that both give the same waits and rates for the same events.
+-- tests/test_redis.py checks that both give the same waits, rates and state for the same events.
 --
 -- KEYS[1]  the bucket's key (a prefix and a digest: no secret)
 -- ARGV[1]  "acquire", "feedback" or "peek"
@@ -12,12 +12,22 @@
 -- ARGV[7]  initial_rate
 -- acquire: ARGV[8] not_before (seconds from now), ARGV[9] max_wait ("" for none)
 --          returns {1, wait, round, rate} or {0, wait, round, rate} when refused
--- feedback (a throttle): ARGV[8] the permit's round; returns {round, rate}
+-- feedback: ARGV[8] the permit's round, ARGV[9] "1" for a throttle, "0" for a success;
+--           returns {round, rate}
 -- peek: returns {active (0 or 1), rate}
 -- Numbers go out as strings with 17 digits: Redis would truncate a Lua number to an integer.
 
-local GROWTH = 0.3 -- _limiter.GROWTH
-local K = ((1 - 0.7) / GROWTH) ^ (1 / 3) -- _limiter._K, from BETA = 0.7
+local DIP = 0.05 -- _limiter.DIP
+local GROWTH = 0.02 -- _limiter.GROWTH
+local K = (DIP / GROWTH) ^ (1 / 3) -- _limiter._K
+local BETA = 0.7 -- _limiter.BETA
+local HALF = 0.5 -- _limiter.HALF
+local DOUBLING = 1.0 -- _limiter._DOUBLING
+local LATER = 256 -- _limiter._LATER
+local FIRST = 0.25 -- _limiter._FIRST
+local ROUND = 0.25 -- _limiter._ROUND
+local SPAN = 2.0 -- _limiter._SPAN
+local SUCCESSES = 16 -- _limiter._SUCCESSES
 local WINDOW = 0.5 -- _limiter._WINDOW
 local SMOOTH = 0.8 -- _limiter._SMOOTH
 local STALL = 0.25 -- _limiter._STALL
@@ -43,7 +53,7 @@ local function num(x)
 end
 
 local stored = redis.call('HMGET', key, 'tat', 'since', 'count', 'measured', 'active',
-    'w_max', 'cut_at', 'round', 'last')
+    'w_max', 'cut_at', 'round', 'last', 'paced', 'ok', 'ok_since', 'delivered', 'start', 'later')
 local new = stored[1] == false
 local tat = tonumber(stored[1]) or now
 local since = tonumber(stored[2]) or now
@@ -54,13 +64,29 @@ local w_max = tonumber(stored[6]) or per_second
 local cut_at = tonumber(stored[7]) or 0
 local round = tonumber(stored[8]) or 0
 local last = tonumber(stored[9]) or since
+local paced = tonumber(stored[10]) or per_second
+local ok = tonumber(stored[11]) or 0
+local ok_since = tonumber(stored[12]) or 0
+local delivered = tonumber(stored[13]) or -1
+local start = stored[14] == '1'
+local later = {} -- LocalBucket._later: slots booked past tat, in order
+if stored[15] and stored[15] ~= '' then
+    for slot in string.gmatch(stored[15], '[^,]+') do
+        later[#later + 1] = tonumber(slot)
+    end
+end
 
 local function current()
     if not adaptive then
         return per_second
     end
-    local lag = now - cut_at - K
-    local rate = w_max * (1.0 + GROWTH * lag * lag * lag)
+    local rate
+    if start then -- _limiter.start_rate
+        rate = w_max * 2.0 ^ math.min((now - cut_at) / DOUBLING, 64.0)
+    else -- _limiter.cubic_rate
+        local lag = now - cut_at - K
+        rate = w_max * (1.0 + GROWTH * lag * lag * lag)
+    end
     if measured > 0 then
         rate = math.min(rate, 2.0 * measured)
     end
@@ -83,6 +109,14 @@ local function save(...)
     redis.call('PEXPIRE', key, ttl)
 end
 
+local function num_list(list)
+    local out = {}
+    for i = 1, #list do
+        out[i] = num(list[i])
+    end
+    return table.concat(out, ',')
+end
+
 if op == 'peek' then
     if not active then
         return {0, '0'}
@@ -100,20 +134,62 @@ if op == 'acquire' then
         return {1, '0', round, '0'}
     end
     local rate = current()
+    if tat > now and rate > paced then -- re-base what is reserved on the higher rate
+        tat = now + (tat - now) * paced / rate
+    end
     local interval = 1.0 / rate
-    local tolerance = (burst - 1.0) * interval
     local earliest = now + tonumber(ARGV[8])
-    local at = math.max(earliest, tat - tolerance)
-    local wait = at - now
-    if ARGV[9] ~= '' and wait > tonumber(ARGV[9]) then -- refused: nothing reserved
+    local max_wait = tonumber(ARGV[9]) -- nil for none
+    local at
+    local function refuse()
         if new then
             save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', count)
         else
             redis.call('PEXPIRE', key, ttl)
         end
-        return {0, num(wait), round, num(rate)}
+        return {0, num(at - now), round, num(rate)}
     end
-    tat = math.max(tat, at) + interval
+    if earliest > math.max(tat, now) + interval and #later < LATER then -- past the queue
+        at = earliest -- _limiter.first_free
+        local place = #later + 1
+        for i = 1, #later do
+            local slot = later[i]
+            if slot >= at + interval then
+                break
+            end
+            if slot > at - interval then
+                at = slot + interval
+            end
+        end
+        if max_wait and at - now > max_wait then
+            return refuse()
+        end
+        place = #later + 1 -- bisect.insort: after equal slots
+        for i = 1, #later do
+            if later[i] > at then
+                place = i
+                break
+            end
+        end
+        table.insert(later, place, at)
+    else
+        at = math.max(earliest, tat - (burst - 1.0) * interval)
+        local passed = 0
+        while passed < #later and later[passed + 1] < at + interval do
+            at = math.max(at, later[passed + 1] + interval)
+            passed = passed + 1
+        end
+        if max_wait and at - now > max_wait then
+            return refuse()
+        end
+        local kept = {}
+        for i = passed + 1, #later do
+            kept[#kept + 1] = later[i]
+        end
+        later = kept
+        tat = math.max(tat, at) + interval
+    end
+    paced = rate
     -- the send-rate estimate, as LocalBucket._count_send: a stall closes the window
     if now - last > STALL then
         sample(count, last - since)
@@ -127,30 +203,72 @@ if op == 'acquire' then
         since, count = now, 0
     end
     save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', count,
-        'measured', num(measured))
-    return {1, num(wait), round, num(rate)}
+        'measured', num(measured), 'paced', num(paced), 'later', num_list(later))
+    return {1, num(at - now), round, num(rate)}
 end
 
-if op == 'feedback' then -- a throttle of an attempt sent under a permit of ARGV[8]'s round
-    if not adaptive or tonumber(ARGV[8]) ~= round then
+if op == 'feedback' then -- LocalBucket.feedback, of a permit of ARGV[8]'s round
+    local permit_round = tonumber(ARGV[8])
+    local throttled = ARGV[9] == '1'
+    if (permit_round == 0 and not throttled) or not adaptive then
         redis.call('PEXPIRE', key, ttl)
         return {round, num(active and current() or 0)}
     end
+    if not throttled then -- a success of any round: the rate delivered since a throttle
+        ok = ok + 1
+        local elapsed = now - ok_since
+        if elapsed > SPAN then -- no throttle for long: keep the recent half, pro rata
+            ok = ok * (SPAN / 2 / elapsed)
+            ok_since = now - SPAN / 2
+        end
+        save('ok', num(ok), 'ok_since', num(ok_since))
+        return {round, num(active and current() or 0)}
+    end
+    local changed = false
+    if active and now - ok_since >= ROUND and ok >= SUCCESSES then -- LocalBucket._measure
+        delivered = ok / (now - ok_since)
+        ok_since, ok = now, 0
+        changed = true
+    end
+    if permit_round ~= round or (active and now - cut_at < ROUND) then
+        if changed then
+            save('ok', num(ok), 'ok_since', num(ok_since), 'delivered', num(delivered))
+        else
+            redis.call('PEXPIRE', key, ttl)
+        end
+        return {round, num(active and current() or 0)}
+    end
     local rate
-    if active then
-        rate = current()
-    else -- the first throttle: start from the rate the fleet was sending at
-        local elapsed = math.max(now - since, WINDOW)
+    if not active then -- the first throttle: start from the rate we were sending at
+        local elapsed = math.max(now - since, FIRST)
         rate = math.max(initial_rate, count / elapsed)
         measured = rate
         since, count, last = now, 0, now
         tat = now
+        paced = rate
+        ok_since, ok, delivered = now, 0, -1
+        start = true
+    else
+        local rate_now = current() -- cut to what was delivered (nothing measured: a dip)
+        if delivered < 0 then
+            rate = rate_now
+        else
+            rate = math.min(rate_now, delivered)
+        end
+        if start then -- at most by BETA after the slow start, at most halved otherwise
+            rate = math.max(rate, BETA * rate_now)
+        else
+            rate = math.max(rate, HALF * rate_now)
+        end
+        start = false
     end
     round = round + 1
+    w_max, cut_at = math.max(min_rate, rate), now
     save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', count,
-        'measured', num(measured), 'active', 1, 'w_max', num(rate), 'cut_at', num(now),
-        'round', round)
-    w_max, cut_at = rate, now
+        'measured', num(measured), 'active', 1, 'w_max', num(w_max), 'cut_at', num(cut_at),
+        'round', round, 'paced', num(paced), 'ok', num(ok), 'ok_since', num(ok_since),
+        'delivered', num(delivered), 'start', start and 1 or 0)
+    active = true
     return {round, num(current())}
 end
 

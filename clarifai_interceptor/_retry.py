@@ -666,8 +666,9 @@ class Attempts:
         wait, throttled = self._judge(outcome)
         limiter = self.limiter
         if limiter is not None:
-            if throttled and self.permit is not None:
-                limiter.feedback(self.permit, True)
+            permit = self.permit
+            if permit is not None and (throttled or delivered(permit, outcome)):
+                limiter.feedback(permit, throttled)
             if wait is not None:
                 wait = self._paced(limiter.acquire(wait, self._bound(wait)), wait)
         if wait is None:
@@ -680,8 +681,9 @@ class Attempts:
         wait, throttled = self._judge(outcome)
         limiter = self.limiter
         if limiter is not None:
-            if throttled and self.permit is not None:
-                await limiter.feedback_async(self.permit, True)
+            permit = self.permit
+            if permit is not None and (throttled or delivered(permit, outcome)):
+                await limiter.feedback_async(permit, throttled)
             if wait is not None:
                 permit = await limiter.acquire_async(wait, self._bound(wait))
                 wait = self._paced(permit, wait)
@@ -711,6 +713,12 @@ class Attempts:
     def reason(self) -> str:
         """Why the last wait `after` gave was chosen: backoff, pushback or limiter."""
         return "backoff" if self._retry is None else self._retry.reason
+
+
+def delivered(permit: Permit, outcome: object) -> bool:
+    """Whether a success of ``outcome`` (any answer but an error or a throttle) teaches the
+    limiter that gave ``permit``: only an active adaptive one (round 0: dormant or fixed)."""
+    return bool(permit.round) and not isinstance(outcome, grpc.RpcError)
 
 
 def _full_name(method: str | bytes) -> str:

@@ -319,21 +319,26 @@ class RedisBucket:
             return None
         return self.local.acquire(not_before, max_wait)
 
+    def _teaches(self, permit: Permit, throttled: bool) -> bool:
+        """Whether the outcome changes the shared state: a throttle, or a success under an
+        active adaptive limit (round 0 is dormant: its successes cost no round trip)."""
+        return self.limit.adaptive and (throttled or permit.round != 0)
+
     def feedback(self, permit: Permit, throttled: bool) -> None:
-        if throttled and self.limit.adaptive:
-            args = self._argv("feedback", permit.round)
+        if self._teaches(permit, throttled):
+            args = self._argv("feedback", permit.round, int(throttled))
             if self.store.decide(self.key, args) is None:
-                self._fallback_feedback(permit)
+                self._fallback_feedback(permit, throttled)
 
     async def feedback_async(self, permit: Permit, throttled: bool) -> None:
-        if throttled and self.limit.adaptive:
-            args = self._argv("feedback", permit.round)
+        if self._teaches(permit, throttled):
+            args = self._argv("feedback", permit.round, int(throttled))
             if await self.store.decide_async(self.key, args) is None:
-                self._fallback_feedback(permit)
+                self._fallback_feedback(permit, throttled)
 
-    def _fallback_feedback(self, permit: Permit) -> None:
+    def _fallback_feedback(self, permit: Permit, throttled: bool) -> None:
         if self.store.on_error == "local":
-            self.local.feedback(permit, throttled=True)
+            self.local.feedback(permit, throttled)
 
     def rate(self) -> float | None:
         """The shared rate now (one read of Redis); while Redis fails, the local one's (or

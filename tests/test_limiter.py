@@ -36,13 +36,21 @@ from clarifai_interceptor import (
     wrap_channel,
 )
 from clarifai_interceptor._limiter import (
+    _DOUBLING,
+    _FIRST,
+    _K,
+    _SUCCESSES,
     BETA,
+    DIP,
     GO,
+    GROWTH,
+    HALF,
     LocalBucket,
     Permit,
     bucket_for,
     cubic_rate,
     identity,
+    start_rate,
 )
 from clarifai_interceptor._retry import Attempts
 from clarifai_interceptor.testing import Fail, FakeClarifai, Reply
@@ -78,11 +86,18 @@ def throttled() -> service_pb2.MultiModelResponse:
 # -- the maths, with a fake clock --------------------------------------------------------------
 
 
-def test_cubic_rate_is_cut_then_back_after_one_second_then_grows() -> None:
-    assert cubic_rate(100.0, 0.0) == pytest.approx(100.0 * BETA)
-    assert cubic_rate(100.0, 1.0) == pytest.approx(100.0)
-    assert cubic_rate(100.0, 2.0) == pytest.approx(130.0)
-    assert cubic_rate(100.0, 0.5) < cubic_rate(100.0, 1.0) < cubic_rate(100.0, 1.5)
+def test_cubic_rate_dips_below_the_delivered_rate_then_probes_above_slowly() -> None:
+    assert cubic_rate(100.0, 0.0) == pytest.approx(100.0 * (1 - DIP))
+    assert cubic_rate(100.0, _K) == pytest.approx(100.0)
+    assert cubic_rate(100.0, _K + 1.0) == pytest.approx(100.0 * (1 + GROWTH))
+    assert cubic_rate(100.0, 0.5) < cubic_rate(100.0, _K) < cubic_rate(100.0, _K + 0.5)
+    assert cubic_rate(100.0, _K + 0.5) < 101.0  # just above: probing, slowly
+
+
+def test_the_slow_start_doubles_every_period() -> None:
+    assert start_rate(50.0, 0.0) == 50.0
+    assert start_rate(50.0, _DOUBLING) == pytest.approx(100.0)
+    assert start_rate(50.0, 2 * _DOUBLING) == pytest.approx(200.0)
 
 
 def test_fixed_rate_paces_from_the_first_call_with_its_burst() -> None:
@@ -98,12 +113,21 @@ def test_fixed_rate_paces_from_the_first_call_with_its_burst() -> None:
 def test_a_permit_is_never_sooner_than_asked() -> None:
     clock = Clock()
     bucket = LocalBucket(RateLimit(per_second=10), clock)
-    first = bucket.acquire(0.5, None)
+    first = bucket.acquire(0.55, None)
     assert first is not None
-    assert first.wait == pytest.approx(0.5)
+    assert first.wait == pytest.approx(0.55)
+    # The slots before a retry's booked one stay free for others...
     second = bucket.acquire(0.0, None)
     assert second is not None
-    assert second.wait == pytest.approx(0.6)
+    assert second.wait == pytest.approx(0.0)
+    # ...and the queue skips the booked slot when it gets there.
+    waits = [bucket.acquire(0.0, None).wait for _ in range(5)]  # type: ignore[union-attr]
+    assert waits == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.65])
+    # Two retries that end their backoff at once get slots apart.
+    third, fourth = bucket.acquire(2.0, None), bucket.acquire(2.0, None)
+    assert third is not None
+    assert fourth is not None
+    assert (third.wait, fourth.wait) == pytest.approx((2.0, 2.1))
 
 
 def test_a_refused_permit_reserves_nothing() -> None:
@@ -117,6 +141,40 @@ def test_a_refused_permit_reserves_nothing() -> None:
     assert permit.wait == pytest.approx(1.0)
 
 
+def _send(bucket: LocalBucket, clock: Clock, seconds: float, per_second: float) -> list[Permit]:
+    """Acquire at ``per_second`` for ``seconds``; every permit given."""
+    permits = []
+    for _ in range(round(seconds * per_second)):
+        permit = bucket.acquire(0.0, None)
+        assert permit is not None
+        permits.append(permit)
+        clock.now += 1.0 / per_second
+    return permits
+
+
+def _serve(
+    bucket: LocalBucket, clock: Clock, seconds: float, offered: float, server: float
+) -> tuple[int, int]:
+    """Offer ``offered`` attempts/s (capped by the bucket's pacing) to a server that admits
+    ``server``/s from a bucket of 20 and answers at once; (successes, throttles)."""
+    tokens, last, ok, throttled = 20.0, clock.now, 0, 0
+    end, step = clock.now + seconds, 1.0 / offered
+    while clock.now < end:
+        permit = bucket.acquire(0.0, None)
+        assert permit is not None
+        clock.now += max(permit.wait, step)
+        tokens = min(20.0, tokens + (clock.now - last) * server)
+        last = clock.now
+        if tokens >= 1:
+            tokens -= 1
+            ok += 1
+            bucket.feedback(permit, throttled=False)
+        else:
+            throttled += 1
+            bucket.feedback(permit, throttled=True)
+    return ok, throttled
+
+
 def test_adaptive_is_dormant_and_free_until_the_first_throttle() -> None:
     clock = Clock()
     bucket = LocalBucket(RateLimit(), clock)
@@ -126,54 +184,141 @@ def test_adaptive_is_dormant_and_free_until_the_first_throttle() -> None:
     assert bucket.rate() is None
     assert not bucket.active
     bucket.feedback(GO, throttled=False)
-    assert not bucket.active  # successes teach nothing while dormant
+    assert not bucket.active  # successes teach nothing while dormant...
+    assert bucket._ok == 0  # ...nor count: a dormant success takes no lock
     bucket.feedback(GO, throttled=True)
     assert bucket.active
-    # It starts from the rate it saw sent (100/s), cut by BETA.
-    assert bucket.rate() == pytest.approx(100.0 * BETA, rel=0.05)
+    # It starts from the rate it saw sent (100/s), then probes upwards (a slow start).
+    assert bucket.rate() == pytest.approx(100.0, rel=0.05)
+    clock.now += _DOUBLING
+    assert bucket.rate() == pytest.approx(200.0, rel=0.05)
 
 
-def test_one_cut_per_round_of_attempts_in_flight() -> None:
+def test_the_first_estimate_divides_by_a_short_window_at_least() -> None:
     clock = Clock()
-    bucket = LocalBucket(RateLimit(), clock)
-    for _ in range(100):
+    bucket = LocalBucket(RateLimit(initial_rate=1.0), clock)
+    for _ in range(50):  # 50 sends in 5 ms: a cold start into a throttle
         bucket.acquire(0.0, None)
-        clock.now += 0.01
-    in_flight = [bucket.acquire(0.0, None) for _ in range(5)]  # all sent while dormant
-    for permit in in_flight:
-        assert permit is not None
-        bucket.feedback(permit, throttled=True)  # five throttles of one round: one cut
-    once = bucket.rate()
-    assert once == pytest.approx(100.0 * BETA, rel=0.1)
-    later = bucket.acquire(0.0, None)  # sent after the cut: its throttle cuts again
-    assert later is not None
-    assert later.round == 1
-    bucket.feedback(later, throttled=True)
-    assert bucket.rate() == pytest.approx(once * BETA, rel=0.05)  # type: ignore[operator]
+        clock.now += 0.0001
+    bucket.feedback(GO, throttled=True)
+    assert bucket.rate() == pytest.approx(50 / _FIRST, rel=0.01)
 
 
-def test_adaptive_rate_recovers_in_about_a_second_and_is_capped_by_the_send_rate() -> None:
+def test_a_throttle_cuts_to_the_rate_delivered_since_the_last_throttle() -> None:
     clock = Clock()
     bucket = LocalBucket(RateLimit(burst=1000), clock)
-    for _ in range(200):
-        bucket.acquire(0.0, None)
-        clock.now += 0.005  # 200/s
+    _send(bucket, clock, 1.0, 100.0)
+    bucket.feedback(GO, throttled=True)  # active at 100/s, a slow start
+    clock.now += 0.001
+    for permit in _send(bucket, clock, 0.5, 100.0):  # delivered: 100/s
+        bucket.feedback(permit, throttled=False)
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
+    assert bucket._delivered == pytest.approx(100.0, rel=0.03)
+    # The first cut after the slow start: by BETA at most (its window may undercount).
+    assert bucket.rate() == pytest.approx(
+        max(100.0, BETA * start_rate(100.0, 0.5)) * (1 - DIP), rel=0.03
+    )
+    # 60 successes in the next second, then a throttle: the server delivers 60/s.
+    for permit in _send(bucket, clock, 1.0, 60.0):
+        bucket.feedback(permit, throttled=False)
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
+    assert bucket._delivered == pytest.approx(60.0, rel=0.03)
+    assert bucket.rate() == pytest.approx(60.0 * (1 - DIP), rel=0.03)  # just below it
+    clock.now += _K
+    assert bucket.rate() == pytest.approx(60.0, rel=0.03)  # back at it, then above, slowly
+
+
+def test_a_window_that_undercounts_at_most_halves_the_rate() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(burst=1000), clock)
+    _send(bucket, clock, 1.0, 100.0)
     bucket.feedback(GO, throttled=True)
-    cut = bucket.rate()
-    assert cut is not None
-    assert cut < 200
-    # Keep sending at 200/s: back near the old rate a second after the cut...
-    for _ in range(200):
-        bucket.acquire(0.0, None)
-        clock.now += 0.005
-    assert bucket.rate() == pytest.approx(200.0, rel=0.1)
-    # ...then it grows, but never past twice what is sent (here 200/s).
-    for _ in range(2000):
-        bucket.acquire(0.0, None)
-        clock.now += 0.005
-    rate = bucket.rate()
-    assert rate is not None
-    assert 250 < rate <= 2 * 200 * 1.05
+    clock.now += 0.3
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)  # ends the slow start
+    before = bucket.rate()
+    assert before is not None
+    for _ in range(_SUCCESSES):  # a few successes in 1.5 s (reported late, say)
+        clock.now += 1.5 / _SUCCESSES
+        bucket.feedback(Permit(0.0, 2), throttled=False)
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
+    assert bucket._delivered == pytest.approx(_SUCCESSES / 1.8, rel=0.01)  # since activation
+    assert bucket._w_max == pytest.approx(HALF * cubic_rate(before / (1 - DIP), 1.5), rel=0.01)
+
+
+def test_many_throttles_of_one_round_cut_once_and_never_collapse() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(burst=1000), clock)
+    _send(bucket, clock, 1.0, 100.0)
+    bucket.feedback(GO, throttled=True)
+    for permit in _send(bucket, clock, 0.5, 100.0):
+        bucket.feedback(permit, throttled=False)
+    in_flight = [bucket.acquire(0.0, None) for _ in range(50)]
+    for permit in in_flight:  # fifty throttles of one round: one cut
+        assert permit is not None
+        bucket.feedback(permit, throttled=True)
+    once = bucket.rate()
+    assert once is not None
+    assert bucket._round == 2
+    # Throttles of permits given after the cut, but within a round of it, do not cut again.
+    for _ in range(20):
+        clock.now += 0.01
+        later = bucket.acquire(0.0, None)
+        assert later is not None
+        bucket.feedback(later, throttled=True)
+    assert bucket._round == 2
+    # With no success at all since, a cut has nothing to go by: it dips, no more.
+    clock.now += 0.1
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
+    assert bucket._round == 3
+    assert bucket.rate() == pytest.approx(once, rel=0.1)
+
+
+def test_pacing_to_a_server_converges_to_its_rate_with_few_throttles() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(), clock)
+    _serve(bucket, clock, 5.0, offered=1000.0, server=120.0)  # a cold start, then:
+    ok, throttled = _serve(bucket, clock, 20.0, offered=1000.0, server=120.0)
+    assert ok >= 0.97 * 120 * 20  # goodput: the server's rate
+    assert throttled < 0.02 * ok
+    assert bucket.rate() == pytest.approx(120.0, rel=0.1)
+
+
+def test_the_rate_grows_back_when_the_server_gives_more() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(), clock)
+    _serve(bucket, clock, 10.0, offered=1000.0, server=50.0)
+    assert bucket.rate() == pytest.approx(50.0, rel=0.1)
+    ok, throttled = _serve(bucket, clock, 10.0, offered=1000.0, server=150.0)
+    assert ok > 0.5 * 150 * 10  # probing above slowly (cubic), yet tripled within 10 s
+    assert throttled < 0.02 * ok
+    assert bucket.rate() >= 0.9 * 150
+
+
+def test_a_cut_keeps_reserved_slots_and_a_rise_rebases_them() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(), clock)
+    _send(bucket, clock, 1.0, 100.0)
+    bucket.feedback(GO, throttled=True)
+    queue = [bucket.acquire(0.0, None) for _ in range(300)]  # reserved 3 s ahead at 100/s
+    assert queue[-1] is not None
+    assert queue[-1].wait == pytest.approx(3.0, rel=0.02)
+    # Growth (the slow start doubles the rate in a second): what is reserved is re-based, so
+    # that the next permit comes at the new rate's slot, not behind the old rate's queue.
+    clock.now += _DOUBLING
+    grown = bucket.acquire(0.0, None)
+    assert grown is not None
+    assert grown.wait == pytest.approx(2.0 * 100 / 200, rel=0.05)
+    # A cut keeps the queue as it is: its attempts go anyway, and those the server throttles
+    # come back as retries; charging the new rate for them would idle the server after it.
+    for _ in range(30):
+        bucket.feedback(Permit(0.0, 1), throttled=False)
+    before = bucket._tat
+    bucket.feedback(Permit(0.0, 1), throttled=True)
+    assert bucket._round == 2
+    assert bucket.rate() < bucket._paced  # type: ignore[operator]
+    after = bucket.acquire(0.0, None)
+    assert after is not None
+    assert after.wait == pytest.approx(before - clock.now, rel=1e-6)
 
 
 def test_the_send_rate_estimate_survives_a_stall() -> None:
@@ -186,14 +331,12 @@ def test_the_send_rate_estimate_survives_a_stall() -> None:
     for _ in range(300):
         bucket.acquire(0.0, None)
         clock.now += 0.01
-    before = bucket.rate()
+    before = bucket._measured
     clock.now += 0.6  # the client stalls (a GC pause, a slow request)
     bucket.acquire(0.0, None)
     clock.now += 0.01
-    after = bucket.rate()
-    assert before is not None
-    assert after is not None
-    assert after >= before * 0.9
+    assert bucket._measured >= before * 0.9
+    assert bucket.rate() <= 2 * bucket._measured  # type: ignore[operator]
 
 
 def test_a_throttle_after_a_few_calls_starts_from_the_initial_rate() -> None:
@@ -201,15 +344,17 @@ def test_a_throttle_after_a_few_calls_starts_from_the_initial_rate() -> None:
     bucket = LocalBucket(RateLimit(initial_rate=15.0), clock)
     bucket.acquire(0.0, None)
     clock.now += 0.01
-    bucket.feedback(GO, throttled=True)  # one call seen: 2/s would be no estimate at all
-    assert bucket.rate() == pytest.approx(15.0 * BETA)
+    bucket.feedback(GO, throttled=True)  # one call seen: 4/s would be no estimate at all
+    assert bucket.rate() == pytest.approx(15.0)
 
 
 def test_the_adaptive_rate_never_falls_below_min_rate() -> None:
     clock = Clock()
     bucket = LocalBucket(RateLimit(min_rate=2.0), clock)
     bucket.acquire(0.0, None)
-    for _ in range(50):
+    bucket.feedback(GO, throttled=True)
+    for _ in range(300):  # throttled every round, never a success: it dips and dips
+        clock.now += 0.3
         bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
     assert bucket.rate() == pytest.approx(2.0)
 
