@@ -25,6 +25,7 @@ from ._request import byte_stream, fill_field, to_bytes
 from ._retry import (
     NO_RETRY,
     RetryPolicy,
+    delivered,
     final_at_once,
     follow,
     for_testing,
@@ -269,7 +270,7 @@ class _UnaryResponse(_Callable):
                     return exc
 
             outcome = follow(attempts, attempt, outcome, attempts.after(outcome))
-        elif permit and permit.round and limiter and not isinstance(outcome, grpc.RpcError):
+        elif limiter is not None and permit is not None and delivered(permit, outcome):
             limiter.feedback(permit, False)  # a success under an active limiter: delivered
         if isinstance(outcome, grpc.RpcError):
             raise outcome
