@@ -858,8 +858,8 @@ async def test_exhausted_retries_return_the_last_response_as_is(
 
 @pytest.mark.asyncio
 async def test_no_wait_runs_past_the_policy_timeout(aio_path: AioPath, fake: FakeClarifai) -> None:
-    # Waits 0.3 s then 0.6 s: the second would end past the 0.5 s budget, so retries stop.
-    policy = RetryPolicy(initial_backoff=0.3, multiplier=2.0, jitter=0, timeout=0.5)
+    # Waits 0.5 s then 1 s: the second would end past the 1.2 s budget, so retries stop.
+    policy = RetryPolicy(initial_backoff=0.5, multiplier=2.0, jitter=0, timeout=1.2)
     async with aio_path.stub(retry=policy) as stub:
         await warm_up(stub, fake)
         fake.set_default("PostModelOutputs", UNAVAILABLE)
@@ -869,35 +869,35 @@ async def test_no_wait_runs_past_the_policy_timeout(aio_path: AioPath, fake: Fak
         elapsed = time.monotonic() - started
     assert failure.value.code() is UNAVAILABLE
     assert len(fake.calls_to("PostModelOutputs")) == 2
-    assert elapsed < 3  # all five attempts would wait 0.3 + 0.6 + 1.2 + 2.4 s
+    assert elapsed < 5  # all five attempts would wait 0.5 + 1 + 2 + 4 s
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("policy", "timeout"),
     [
-        (RetryPolicy(initial_backoff=0, jitter=0, total_timeout=0.5), T),
-        (RetryPolicy(initial_backoff=0, jitter=0, timeout=None), 0.5),
-        (RetryPolicy(initial_backoff=0, jitter=0, timeout=30), 0.5),
+        (RetryPolicy(initial_backoff=0, jitter=0, total_timeout=1.0), T),
+        (RetryPolicy(initial_backoff=0, jitter=0, timeout=None), 1.0),
+        (RetryPolicy(initial_backoff=0, jitter=0, timeout=30), 1.0),
     ],
     ids=["total_timeout", "call_timeout", "call_timeout_shorter"],
 )
 async def test_each_attempt_gets_only_the_time_left(
     aio_path: AioPath, fake: FakeClarifai, policy: RetryPolicy, timeout: float
 ) -> None:
-    # Each attempt takes 0.3 s: the second has only 0.2 s left and runs out of time. A timeout
-    # re-applied to every attempt would instead give five UNAVAILABLE attempts (1.5 s).
+    # Each attempt takes 0.6 s: the second has only 0.4 s left and runs out of time. A timeout
+    # re-applied to every attempt would instead give five UNAVAILABLE attempts (3 s).
     async with aio_path.stub(retry=policy) as stub:
         await warm_up(stub, fake)
-        fake.set_default("PostModelOutputs", Delay(0.3, UNAVAILABLE))
+        fake.set_default("PostModelOutputs", Delay(0.6, UNAVAILABLE))
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as failure:
             await stub.PostModelOutputs(predict_request(), timeout=timeout)
         elapsed = time.monotonic() - started
     assert failure.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    # Two attempts fit; on a loaded machine the first may already use up the 0.5 s.
+    # Two attempts fit; on a loaded machine the first may already use up the 1 s.
     assert len(fake.calls_to("PostModelOutputs")) in (1, 2)
-    assert elapsed < 3
+    assert elapsed < 2.9
 
 
 @pytest.mark.asyncio
