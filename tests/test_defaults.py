@@ -274,4 +274,6 @@ def test_total_timeout_is_sent_as_the_deadline_when_asked_for(
     for _name, stub in sync_stubs(target, retry=RetryPolicy(total_timeout=7)):
         stub.ListModels(service_pb2.ListModelsRequest())
     assert len(servicer.seen) == 2
-    assert all(seen is not None and 0 < seen <= 7 for seen in servicer.seen)
+    # The server's clock may show a little more than was sent (grpcio 1.83's rounds up to
+    # about 10 ms): the policy's 7 s arrives as 6 to 7.05 s, never as no deadline.
+    assert all(seen is not None and 6 < seen <= 7.05 for seen in servicer.seen), servicer.seen
