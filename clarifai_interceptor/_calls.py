@@ -464,12 +464,10 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
         unwatch = None if closing is None else closing.watch(self._wake)
         try:
             with self._cond:
-                return (
-                    self._cond.wait_for(
-                        lambda: self._cancelled or (closing is not None and closing.closed), seconds
-                    )
-                    and self._cancelled
+                self._cond.wait_for(
+                    lambda: self._cancelled or bool(closing and closing.closed), seconds
                 )
+                return self._cancelled
         finally:
             if unwatch is not None:
                 unwatch()

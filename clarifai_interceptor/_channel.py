@@ -18,10 +18,9 @@ from ._calls import Retried, response_stream, unary_response
 from ._closing import closed
 from ._context import OUTER, RETRY, CredentialsSource, below_us
 from ._core import DEFAULT_RETRY, Core
-from ._credentials import user_app_id_field
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, RateLimitedError
 from ._metadata import Pairs, for_attempt
-from ._request import byte_stream, fill_field, to_bytes
+from ._request import byte_stream, to_bytes
 from ._retry import (
     NO_RETRY,
     RetryPolicy,
@@ -143,8 +142,13 @@ class _Callable:
             return unary_response(attempts, start)
 
         def attempt(number: int) -> Any:
-            try:
-                return start(number)
+            try:  # start(number), inlined: every blocking call with metadata goes this way
+                return call(
+                    requests(),
+                    timeout=time_left(deadline),
+                    metadata=for_attempt(pairs, number),
+                    **kwargs,
+                )
             except grpc.RpcError as exc:
                 return exc
 
@@ -239,11 +243,7 @@ class _UnaryResponse(_Callable):
             policy = for_testing(policy)
         started = time.monotonic()
         deadline = policy.deadline(timeout)
-        serialize = self._serialize  # to_bytes, inlined
-        data = request if serialize is None else serialize(request)
-        number = fill_field(credentials, request)
-        if number:
-            data = bytes(data) + user_app_id_field(credentials, number)
+        data = to_bytes(self._serialize, credentials, request)
         mc = self._mc
         limiter = core.limiter(credentials)
         permit = None

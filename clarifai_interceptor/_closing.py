@@ -2,9 +2,9 @@
 
 Every channel of ours (and every interceptor) has one `Closing`. A call waiting to retry waits on
 it: a blocking caller in its own thread (`Closing.sleep`), a ``future()`` or a response stream by
-a callback (`Closing.watch`). `Closing.close` wakes them all, and each ends with `CLOSED`, a
+a callback (`Closing.watch`). `Closing.close` wakes them all, and each ends with `closed()`, a
 ``CANCELLED`` error as gRPC gives the calls in flight when their channel closes; nothing more is
-sent. (gRPC tells an interceptor nothing of its channel's closing: there, the wait runs out.)
+sent. (gRPC tells an interceptor nothing of its channel's closing: its own ``close()`` does it.)
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ class Core:
         self._buckets: dict[RetryBudget, TokenBucket] = {}
         self._last: TokenBucket | None = None
         self._lock = threading.Lock()
-        #: The channel's closing (a channel of ours closes it; an interceptor never learns).
+        #: The channel's closing: a channel of ours closes it, an interceptor its ``close()``.
         self.closing = Closing()
 
     def policy(self, method: str | bytes) -> RetryPolicy:
