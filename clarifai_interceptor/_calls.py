@@ -209,6 +209,10 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
             closing = self._attempts.closing
             if self._cancelled or self._final is not None or (closing and closing.closed):
                 return  # cancelled, or closed (`_on_close` ends it)
+            more = self._attempts.recheck()  # the limiter cut since the permit: wait longer
+            if more:
+                self._timer = call_later(more, functools.partial(self._context.run, self._next))
+                return
             self._timer = None
             previous = self._call
             self._attempts.resume()

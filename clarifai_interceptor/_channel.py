@@ -252,8 +252,13 @@ class _UnaryResponse(_Callable):
             permit = limiter.acquire(0.0, bound)
             if permit is None:
                 raise RateLimitedError(bound)
-            if permit.wait and not TESTING.active and core.closing.sleep(permit.wait):
-                raise closed()  # the channel closed while the call waited for its permit
+            while permit.wait and not TESTING.active:
+                if core.closing.sleep(permit.wait):
+                    raise closed()  # the channel closed while the call waited for its permit
+                moved = limiter.recheck(permit, permit_bound(deadline, core.limit_wait))
+                if moved is permit:
+                    break
+                permit = moved  # the limiter cut its rate meanwhile: the new slot
         try:
             outcome = mc(data, timeout=time_left(deadline), metadata=pairs)
         except grpc.RpcError as exc:

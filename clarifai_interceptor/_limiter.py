@@ -150,10 +150,12 @@ DEFAULT_RATE_LIMIT = RateLimit()
 
 class Permit(NamedTuple):
     """Leave to send one attempt: after ``wait`` seconds. ``round`` is the bucket's count of
-    cuts when the permit was given: a throttle cuts the rate only if no cut came since."""
+    cuts when the permit was given: a throttle cuts the rate only if no cut came since.
+    ``at`` is the slot on the bucket's clock: a cut since re-spaces it (`Bucket.recheck`)."""
 
     wait: float
     round: int
+    at: float = 0.0
 
 
 #: The permit of a dormant bucket: go now.
@@ -170,6 +172,14 @@ class Bucket(Protocol):
 
     def feedback(self, permit: Permit, throttled: bool) -> None:
         """Record the outcome of an attempt sent under ``permit``."""
+
+    def recheck(self, permit: Permit, max_wait: float | None) -> Permit:
+        """At the end of ``permit``'s wait: ``permit`` itself to send now; if a cut came since,
+        a new permit laid out at the new rate (wait for it, then recheck that). With none
+        within ``max_wait``, ``permit``: it goes at its old slot rather than fail."""
+
+    async def recheck_async(self, permit: Permit, max_wait: float | None) -> Permit:
+        """`recheck` for ``grpc.aio`` callers."""
 
     async def acquire_async(self, not_before: float, max_wait: float | None) -> Permit | None:
         """`acquire` for ``grpc.aio`` callers: never blocks the event loop."""
@@ -273,6 +283,7 @@ class LocalBucket:
         "_now",
         "_ok",
         "_ok_since",
+        "_ok_throttles",
         "_paced",
         "_rate",
         "_round",
@@ -296,6 +307,7 @@ class LocalBucket:
         self._start = False  # between the first throttle and the first measured cut
         self._ok = 0.0  # successes since `_ok_since`
         self._ok_since = 0.0  # a throttle: the server's bucket was empty then
+        self._ok_throttles = 0  # throttles since `_ok_since`: one only, the client's own pace
         self._delivered = -1.0  # successes per second between the last two such throttles
         self._tat = clock()  # GCRA's theoretical arrival time of the next permit
         self._later: list[float] = []  # slots booked past `_tat` by retries, in order
@@ -348,11 +360,16 @@ class LocalBucket:
         moment is at least `_ROUND` ago, the successes since are what the server delivered,
         all of it (both ends empty), less only what overflowed its bucket in between (a
         window is at most `_SPAN` long, so that a climb from below undercounts little; one
-        that did not start at a throttle overcounts by at most the server's burst)."""
+        that did not start at a throttle overcounts by at most the server's burst). A window
+        with no throttle but the one that ends it was paced by the client, not the server:
+        the server gives that much at least, and the plateau stands if it is higher."""
         elapsed = now - self._ok_since
         if elapsed >= _ROUND and self._ok >= _SUCCESSES:
-            self._delivered = self._ok / elapsed
-            self._ok_since, self._ok = now, 0.0
+            rate = self._ok / elapsed
+            if self._ok_throttles <= 1 and not self._start:
+                rate = max(rate, self._w_max)
+            self._delivered = rate
+            self._ok_since, self._ok, self._ok_throttles = now, 0.0, 0
 
     def acquire(self, not_before: float, max_wait: float | None) -> Permit | None:
         if not self.active:
@@ -387,7 +404,7 @@ class LocalBucket:
                 self._tat = max(tat, at) + interval
             self._paced = rate
             self._count_send(now)
-            return Permit(at - now, self._round)
+            return Permit(at - now, self._round, at)
 
     def feedback(self, permit: Permit, throttled: bool) -> None:
         if not permit.round and not throttled:
@@ -401,10 +418,11 @@ class LocalBucket:
                 elapsed = now - self._ok_since
                 if elapsed > _SPAN:  # no throttle for long: keep the recent half, pro rata
                     self._ok *= _SPAN / 2 / elapsed
-                    self._ok_since = now - _SPAN / 2
+                    self._ok_since, self._ok_throttles = now - _SPAN / 2, 0
                 return
             now = self._now()
             if self.active:
+                self._ok_throttles += 1
                 self._measure(now)
             if permit.round != self._round or (self.active and now - self._cut_at < _ROUND):
                 return  # sent before the last cut, or just after: that cut answers it
@@ -416,26 +434,47 @@ class LocalBucket:
                 self._tat = now
                 self._paced = rate
                 self._ok_since, self._ok, self._delivered = now, 0.0, -1.0
+                self._ok_throttles = 0
                 self.active = self._start = True
             else:
                 # Cut to what was delivered; with nothing measured (no successes at all),
                 # back from a dip of DIP: only successes say how far to go.
                 current = self._current(now)
-                rate = current if self._delivered < 0 else min(current, self._delivered)
-                # At most halved at once (a window can undercount: its successes reported
-                # late), and after the slow start by BETA at most (its window may have
-                # begun below the server's rate).
-                rate = max(rate, (BETA if self._start else HALF) * current)
+                delivered = self._delivered
+                rate = current if delivered < 0 else min(current, delivered)
+                if not (self._start and 0 <= delivered <= self._w_max):
+                    # At most halved at once (a window can undercount: its successes
+                    # reported late), and after the slow start by BETA at most (its window
+                    # began below the server's rate). A slow start that began at or above
+                    # the delivered rate offered more than it all along: that measure is
+                    # whole, and the rate goes straight to it.
+                    rate = max(rate, (BETA if self._start else HALF) * current)
                 self._start = False
             self._w_max = max(self.limit.min_rate, rate)
             self._cut_at = now
             self._round += 1
+            self._respace(now)
+
+    def _respace(self, now: float) -> None:
+        """After a cut (lock held): nothing stays reserved. Every permit given before it asks
+        again at the end of its wait (`recheck`), and the queue is laid out anew at the new
+        rate, in the order of the old slots: it no longer goes at the old rate."""
+        self._tat = now
+        self._later.clear()
+
+    def recheck(self, permit: Permit, max_wait: float | None) -> Permit:
+        if permit.round == self._round or permit.at <= self._cut_at:
+            return permit  # no cut since the permit was given (or it was due before): go
+        return self.acquire(0.0, max_wait) or permit
 
     async def acquire_async(self, not_before: float, max_wait: float | None) -> Permit | None:
         return self.acquire(not_before, max_wait)
 
     async def feedback_async(self, permit: Permit, throttled: bool) -> None:
         self.feedback(permit, throttled)
+
+    async def recheck_async(self, permit: Permit, max_wait: float | None) -> Permit:
+        return self.recheck(permit, max_wait)
 
     def __repr__(self) -> str:
         state = "dormant" if not self.active else f"{self.rate():.3g}/s"

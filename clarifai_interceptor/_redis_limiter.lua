@@ -3,7 +3,7 @@
 -- tests/test_redis.py checks that both give the same waits, rates and state for the same events.
 --
 -- KEYS[1]  the bucket's key (a prefix and a digest: no secret)
--- ARGV[1]  "acquire", "feedback" or "peek"
+-- ARGV[1]  "acquire", "recheck", "feedback" or "peek"
 -- ARGV[2]  the key's time to live, in milliseconds (refreshed on every acquire and feedback)
 -- ARGV[3]  now, in seconds; "" (always, in production) for Redis's own clock, TIME
 -- ARGV[4]  the fixed rate per second, or 0 for adaptive
@@ -11,7 +11,9 @@
 -- ARGV[6]  min_rate
 -- ARGV[7]  initial_rate
 -- acquire: ARGV[8] not_before (seconds from now), ARGV[9] max_wait ("" for none)
---          returns {1, wait, round, rate} or {0, wait, round, rate} when refused
+--          returns {1, wait, round, rate, at} or {0, wait, round, rate, at} when refused
+-- recheck: ARGV[8] "0", ARGV[9] max_wait, ARGV[10] the permit's round, ARGV[11] its slot:
+--          {2} if no cut came since (send now), else what acquire returns
 -- feedback: ARGV[8] the permit's round, ARGV[9] "1" for a throttle, "0" for a success;
 --           returns {round, rate}
 -- peek: returns {active (0 or 1), rate}
@@ -53,7 +55,8 @@ local function num(x)
 end
 
 local stored = redis.call('HMGET', key, 'tat', 'since', 'count', 'measured', 'active',
-    'w_max', 'cut_at', 'round', 'last', 'paced', 'ok', 'ok_since', 'delivered', 'start', 'later')
+    'w_max', 'cut_at', 'round', 'last', 'paced', 'ok', 'ok_since', 'delivered', 'start', 'later',
+    'ok_throttles')
 local new = stored[1] == false
 local tat = tonumber(stored[1]) or now
 local since = tonumber(stored[2]) or now
@@ -69,6 +72,7 @@ local ok = tonumber(stored[11]) or 0
 local ok_since = tonumber(stored[12]) or 0
 local delivered = tonumber(stored[13]) or -1
 local start = stored[14] == '1'
+local ok_throttles = tonumber(stored[16]) or 0
 local later = {} -- LocalBucket._later: slots booked past tat, in order
 if stored[15] and stored[15] ~= '' then
     for slot in string.gmatch(stored[15], '[^,]+') do
@@ -124,6 +128,13 @@ if op == 'peek' then
     return {1, num(current())}
 end
 
+if op == 'recheck' then -- LocalBucket.recheck: a cut since the permit lays it out anew
+    if tonumber(ARGV[10]) == round or tonumber(ARGV[11]) <= cut_at then
+        return {2}
+    end
+    op = 'acquire'
+end
+
 if op == 'acquire' then
     if not active then -- dormant: count the send, go now
         if new then
@@ -131,7 +142,7 @@ if op == 'acquire' then
         else
             save('count', count + 1)
         end
-        return {1, '0', round, '0'}
+        return {1, '0', round, '0', '0'}
     end
     local rate = current()
     if tat > now and rate > paced then -- re-base what is reserved on the higher rate
@@ -147,7 +158,7 @@ if op == 'acquire' then
         else
             redis.call('PEXPIRE', key, ttl)
         end
-        return {0, num(at - now), round, num(rate)}
+        return {0, num(at - now), round, num(rate), num(at)}
     end
     if earliest > math.max(tat, now) + interval and #later < LATER then -- past the queue
         at = earliest -- _limiter.first_free
@@ -204,7 +215,7 @@ if op == 'acquire' then
     end
     save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', count,
         'measured', num(measured), 'paced', num(paced), 'later', num_list(later))
-    return {1, num(at - now), round, num(rate)}
+    return {1, num(at - now), round, num(rate), num(at)}
 end
 
 if op == 'feedback' then -- LocalBucket.feedback, of a permit of ARGV[8]'s round
@@ -219,20 +230,25 @@ if op == 'feedback' then -- LocalBucket.feedback, of a permit of ARGV[8]'s round
         local elapsed = now - ok_since
         if elapsed > SPAN then -- no throttle for long: keep the recent half, pro rata
             ok = ok * (SPAN / 2 / elapsed)
-            ok_since = now - SPAN / 2
+            ok_since, ok_throttles = now - SPAN / 2, 0
         end
-        save('ok', num(ok), 'ok_since', num(ok_since))
+        save('ok', num(ok), 'ok_since', num(ok_since), 'ok_throttles', ok_throttles)
         return {round, num(active and current() or 0)}
     end
-    local changed = false
-    if active and now - ok_since >= ROUND and ok >= SUCCESSES then -- LocalBucket._measure
-        delivered = ok / (now - ok_since)
-        ok_since, ok = now, 0
-        changed = true
+    if active then
+        ok_throttles = ok_throttles + 1
+        if now - ok_since >= ROUND and ok >= SUCCESSES then -- LocalBucket._measure
+            delivered = ok / (now - ok_since)
+            if ok_throttles <= 1 and not start then -- the client's own pace: at least that
+                delivered = math.max(delivered, w_max)
+            end
+            ok_since, ok, ok_throttles = now, 0, 0
+        end
     end
     if permit_round ~= round or (active and now - cut_at < ROUND) then
-        if changed then
-            save('ok', num(ok), 'ok_since', num(ok_since), 'delivered', num(delivered))
+        if active then
+            save('ok', num(ok), 'ok_since', num(ok_since), 'delivered', num(delivered),
+                'ok_throttles', ok_throttles)
         else
             redis.call('PEXPIRE', key, ttl)
         end
@@ -247,6 +263,7 @@ if op == 'feedback' then -- LocalBucket.feedback, of a permit of ARGV[8]'s round
         tat = now
         paced = rate
         ok_since, ok, delivered = now, 0, -1
+        ok_throttles = 0
         start = true
     else
         local rate_now = current() -- cut to what was delivered (nothing measured: a dip)
@@ -255,19 +272,23 @@ if op == 'feedback' then -- LocalBucket.feedback, of a permit of ARGV[8]'s round
         else
             rate = math.min(rate_now, delivered)
         end
-        if start then -- at most by BETA after the slow start, at most halved otherwise
-            rate = math.max(rate, BETA * rate_now)
-        else
-            rate = math.max(rate, HALF * rate_now)
-        end
+        if not (start and delivered >= 0 and delivered <= w_max) then
+            if start then -- at most by BETA after the slow start, at most halved otherwise
+                rate = math.max(rate, BETA * rate_now)
+            else
+                rate = math.max(rate, HALF * rate_now)
+            end
+        end -- (a slow start from above what was delivered: straight to it)
         start = false
     end
     round = round + 1
     w_max, cut_at = math.max(min_rate, rate), now
+    tat = now -- LocalBucket._respace: every permit given before asks again (recheck)
     save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', count,
         'measured', num(measured), 'active', 1, 'w_max', num(w_max), 'cut_at', num(cut_at),
         'round', round, 'paced', num(paced), 'ok', num(ok), 'ok_since', num(ok_since),
-        'delivered', num(delivered), 'start', start and 1 or 0)
+        'delivered', num(delivered), 'start', start and 1 or 0, 'later', '',
+        'ok_throttles', ok_throttles)
     active = true
     return {round, num(current())}
 end

@@ -692,15 +692,43 @@ class Attempts:
             return None
         return self._scheduled(outcome, wait)
 
+    def recheck(self) -> float:
+        """At the end of a wait: seconds more to wait before the attempt, 0 to send it now
+        (more only if the limiter cut its rate since the permit: it laid the queue anew)."""
+        limiter, permit = self.limiter, self.permit
+        if limiter is None or permit is None:
+            return 0.0
+        moved = limiter.recheck(permit, permit_bound(self.retry_until, self.limit_wait))
+        if moved is permit:
+            return 0.0
+        self.permit = moved
+        return TESTING.wait(moved.wait)
+
+    async def recheck_async(self) -> float:
+        """`recheck`, for ``grpc.aio``."""
+        limiter, permit = self.limiter, self.permit
+        if limiter is None or permit is None:
+            return 0.0
+        bound = permit_bound(self.retry_until, self.limit_wait)
+        moved = await limiter.recheck_async(permit, bound)
+        if moved is permit:
+            return 0.0
+        self.permit = moved
+        return TESTING.wait(moved.wait)
+
     def sleep(self, seconds: float) -> bool:
-        """Wait ``seconds`` in this thread before an attempt; True if the channel was closed
-        meanwhile (then no attempt follows: end the call with `end_closed`)."""
+        """Wait ``seconds`` in this thread before an attempt (and as long more as `recheck`
+        says); True if the channel was closed meanwhile (then no attempt follows: end the
+        call with `end_closed`)."""
         closing = self.closing
-        if closing is not None:
-            return closing.sleep(seconds)
-        if seconds > 0:
-            time.sleep(seconds)
-        return False
+        while True:
+            if closing is not None:
+                if closing.sleep(seconds):
+                    return True
+            elif seconds > 0:
+                time.sleep(seconds)
+            if seconds <= 0 or (seconds := self.recheck()) <= 0:
+                return False
 
     def end_closed(self) -> CancelledCall:
         """End the call whose channel closed while it waited: ``CANCELLED``, nothing more sent."""

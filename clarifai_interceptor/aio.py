@@ -44,6 +44,14 @@ _I = TypeVar("_I", bound="_Interceptor")
 _END = object()
 
 
+async def _pause(attempts: Attempts, seconds: float) -> None:
+    """Wait ``seconds`` before an attempt, and as long more as the limiter's `recheck` says
+    (a cut since the permit laid its queue anew)."""
+    while seconds > 0:
+        await asyncio.sleep(seconds)
+        seconds = await attempts.recheck_async()
+
+
 async def _first(messages: AsyncIterator[Any]) -> object:
     """A response stream's first outcome: a message, an RpcError, or `_END`."""
     try:
@@ -112,8 +120,7 @@ class _Interceptor:
         deadline = policy.deadline(details.timeout)
         attempts = self._core.attempts(policy, details.method, deadline, limiter)
         pace = await attempts.first_async()
-        if pace:
-            await asyncio.sleep(pace)
+        await _pause(attempts, pace)
         call = await start(1, time_left(deadline))
         if policy.max_attempts == 1 and (limiter is None or streaming):
             return call  # nothing to judge: the caller awaits (or writes to) grpc's own call
@@ -126,7 +133,7 @@ class _Interceptor:
                 wait = await attempts.after_async(outcome)
                 if wait is None:
                     break
-                await asyncio.sleep(wait)
+                await _pause(attempts, wait)
                 attempts.resume()
                 call = await start(attempts.number, time_left(deadline))
         except BaseException:
@@ -149,8 +156,7 @@ class _Interceptor:
         deadline = policy.deadline(timeout)
         attempts = self._core.attempts(policy, details.method, deadline, limiter)
         pace = await attempts.first_async()
-        if pace:
-            await asyncio.sleep(pace)
+        await _pause(attempts, pace)
         call = await start(1, time_left(call_deadline))
         if policy.max_attempts == 1:
             return call
@@ -161,7 +167,7 @@ class _Interceptor:
                 if head is _END or (wait := await attempts.after_async(head)) is None:
                     break
                 call.cancel()  # an error or a retryable first message: that attempt is over
-                await asyncio.sleep(wait)
+                await _pause(attempts, wait)
                 attempts.resume()
                 call = await start(attempts.number, time_left(call_deadline))
         except BaseException:

@@ -287,13 +287,14 @@ class RedisBucket:
     Falls back to a `LocalBucket` of its own (or refuses) while Redis fails.
     """
 
-    __slots__ = ("_args", "_clock", "key", "limit", "local", "store")
+    __slots__ = ("_args", "_clock", "_round", "key", "limit", "local", "store")
 
     def __init__(self, store: RedisStore, key: str, limit: RateLimit) -> None:
         self.store = store
         self.limit = limit
         self.key = store.prefix + key
         self.local = LocalBucket(limit)
+        self._round = 0  # the latest round a reply named: a permit of it needs no recheck
         #: Tests only: a clock for the script instead of Redis's TIME.
         self._clock: Callable[[], float] | None = None
         ttl_ms = max(1, round(store.ttl * 1000))
@@ -307,12 +308,52 @@ class RedisBucket:
     def acquire(self, not_before: float, max_wait: float | None) -> Permit | None:
         args = self._argv("acquire", not_before, "" if max_wait is None else max_wait)
         reply = self.store.decide(self.key, args)
-        return self._fallback_acquire(not_before, max_wait) if reply is None else _permit(reply)
+        return (
+            self._fallback_acquire(not_before, max_wait) if reply is None else self._permit(reply)
+        )
 
     async def acquire_async(self, not_before: float, max_wait: float | None) -> Permit | None:
         args = self._argv("acquire", not_before, "" if max_wait is None else max_wait)
         reply = await self.store.decide_async(self.key, args)
-        return self._fallback_acquire(not_before, max_wait) if reply is None else _permit(reply)
+        return (
+            self._fallback_acquire(not_before, max_wait) if reply is None else self._permit(reply)
+        )
+
+    def _permit(self, reply: Sequence[Any]) -> Permit | None:
+        """The acquire script's answer: ``{granted, wait, round, rate, at}``."""
+        self._round = round_ = int(reply[2])
+        return Permit(float(reply[1]), round_, float(reply[4])) if int(reply[0]) else None
+
+    def _recheck_args(self, permit: Permit, max_wait: float | None) -> list[Any] | None:
+        """The script's arguments for a recheck; None if no reply named a later round (a cut
+        anywhere in the fleet shows in this process's next reply: no round trip till then)."""
+        if permit.round == self._round:
+            return None
+        wait = "" if max_wait is None else max_wait
+        return self._argv("recheck", 0, wait, permit.round, repr(permit.at))
+
+    def _rechecked(
+        self, permit: Permit, reply: Sequence[Any] | None, max_wait: float | None
+    ) -> Permit:
+        if reply is None:  # Redis failed: the local bucket's answer (or the permit, as it was)
+            return (
+                self.local.recheck(permit, max_wait) if self.store.on_error == "local" else permit
+            )
+        if int(reply[0]) == 2:
+            return permit
+        return self._permit(reply) or permit
+
+    def recheck(self, permit: Permit, max_wait: float | None) -> Permit:
+        args = self._recheck_args(permit, max_wait)
+        if args is None:
+            return permit
+        return self._rechecked(permit, self.store.decide(self.key, args), max_wait)
+
+    async def recheck_async(self, permit: Permit, max_wait: float | None) -> Permit:
+        args = self._recheck_args(permit, max_wait)
+        if args is None:
+            return permit
+        return self._rechecked(permit, await self.store.decide_async(self.key, args), max_wait)
 
     def _fallback_acquire(self, not_before: float, max_wait: float | None) -> Permit | None:
         if self.store.on_error == "fail":
@@ -327,14 +368,20 @@ class RedisBucket:
     def feedback(self, permit: Permit, throttled: bool) -> None:
         if self._teaches(permit, throttled):
             args = self._argv("feedback", permit.round, int(throttled))
-            if self.store.decide(self.key, args) is None:
+            reply = self.store.decide(self.key, args)
+            if reply is None:
                 self._fallback_feedback(permit, throttled)
+            else:
+                self._round = int(reply[0])
 
     async def feedback_async(self, permit: Permit, throttled: bool) -> None:
         if self._teaches(permit, throttled):
             args = self._argv("feedback", permit.round, int(throttled))
-            if await self.store.decide_async(self.key, args) is None:
+            reply = await self.store.decide_async(self.key, args)
+            if reply is None:
                 self._fallback_feedback(permit, throttled)
+            else:
+                self._round = int(reply[0])
 
     def _fallback_feedback(self, permit: Permit, throttled: bool) -> None:
         if self.store.on_error == "local":
@@ -352,11 +399,6 @@ class RedisBucket:
 
     def __repr__(self) -> str:
         return f"<RedisBucket {self.limit.per_second or 'adaptive'} {self.store!r}>"
-
-
-def _permit(reply: Sequence[Any]) -> Permit | None:
-    """The acquire script's answer: ``{granted, wait, round, rate}``."""
-    return Permit(float(reply[1]), int(reply[2])) if int(reply[0]) else None
 
 
 # A check at import that the classes meet the protocols they stand for.

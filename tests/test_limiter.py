@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -133,7 +134,7 @@ def test_a_permit_is_never_sooner_than_asked() -> None:
 def test_a_refused_permit_reserves_nothing() -> None:
     clock = Clock()
     bucket = LocalBucket(RateLimit(per_second=1), clock)
-    assert bucket.acquire(0.0, 0.0) == Permit(0.0, 0)
+    assert bucket.acquire(0.0, 0.0) == Permit(0.0, 0, clock.now)
     assert bucket.acquire(0.0, 0.5) is None  # the next slot is 1 s away
     assert bucket.acquire(0.0, 0.5) is None
     permit = bucket.acquire(0.0, 1.0)
@@ -214,11 +215,12 @@ def test_a_throttle_cuts_to_the_rate_delivered_since_the_last_throttle() -> None
         bucket.feedback(permit, throttled=False)
     bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
     assert bucket._delivered == pytest.approx(100.0, rel=0.03)
-    # The first cut after the slow start: by BETA at most (its window may undercount).
-    assert bucket.rate() == pytest.approx(
-        max(100.0, BETA * start_rate(100.0, 0.5)) * (1 - DIP), rel=0.03
-    )
-    # 60 successes in the next second, then a throttle: the server delivers 60/s.
+    # The slow start began at (not below) what the server delivered: its window offered more
+    # than that all along, so the measure is whole and the rate goes straight to it.
+    assert bucket.rate() == pytest.approx(100.0 * (1 - DIP), rel=0.03)
+    # Throttles all through the next second (the server's pace, not ours), and 60 successes:
+    # the server delivers 60/s.
+    bucket.feedback(Permit(0.0, 1), throttled=True)  # of the round before: no cut, counted
     for permit in _send(bucket, clock, 1.0, 60.0):
         bucket.feedback(permit, throttled=False)
     bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
@@ -226,6 +228,46 @@ def test_a_throttle_cuts_to_the_rate_delivered_since_the_last_throttle() -> None
     assert bucket.rate() == pytest.approx(60.0 * (1 - DIP), rel=0.03)  # just below it
     clock.now += _K
     assert bucket.rate() == pytest.approx(60.0, rel=0.03)  # back at it, then above, slowly
+
+
+def test_a_slow_start_from_below_the_server_cuts_by_beta_at_most() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(burst=1000, initial_rate=1.0), clock)
+    _send(bucket, clock, 1.0, 20.0)
+    bucket.feedback(GO, throttled=True)  # a slow start from 20/s, below the server's 100/s
+    assert bucket._w_max == pytest.approx(20.0, rel=0.03)
+    clock.now += 0.001
+    # A window that undercounts (a quarter of the successes told of, the rest late):
+    for number, permit in enumerate(_send(bucket, clock, 1.9, 100.0)):
+        if number % 4 == 0:
+            bucket.feedback(permit, throttled=False)
+    before = bucket.rate()
+    assert before is not None
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
+    assert bucket._delivered == pytest.approx(25.0, rel=0.03)
+    assert bucket._delivered < BETA * before  # so that BETA is what holds the rate up
+    assert bucket.rate() == pytest.approx(BETA * before * (1 - DIP), rel=0.03)
+
+
+def test_a_quiet_window_says_the_server_gives_at_least_its_rate() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(burst=1000), clock)
+    _send(bucket, clock, 1.0, 100.0)
+    bucket.feedback(GO, throttled=True)
+    clock.now += 0.001
+    for permit in _send(bucket, clock, 0.5, 100.0):
+        bucket.feedback(permit, throttled=False)
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)  # the plateau: 100/s
+    assert bucket._w_max == pytest.approx(100.0, rel=0.03)
+    # Paced below the plateau (in the dip after the cut, say) with no throttle until the one
+    # that ends the window: that rate was ours; the server gives that much at least, and
+    # the plateau stands (cutting to it would spiral down, window after window).
+    for permit in _send(bucket, clock, 1.0, 80.0):
+        bucket.feedback(permit, throttled=False)
+    bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
+    assert bucket._round == 3
+    assert bucket._delivered == pytest.approx(100.0, rel=0.03)
+    assert bucket._w_max == pytest.approx(100.0, rel=0.03)
 
 
 def test_a_window_that_undercounts_at_most_halves_the_rate() -> None:
@@ -294,7 +336,7 @@ def test_the_rate_grows_back_when_the_server_gives_more() -> None:
     assert bucket.rate() >= 0.9 * 150
 
 
-def test_a_cut_keeps_reserved_slots_and_a_rise_rebases_them() -> None:
+def test_a_rise_rebases_reserved_slots_and_a_cut_lays_them_out_anew() -> None:
     clock = Clock()
     bucket = LocalBucket(RateLimit(), clock)
     _send(bucket, clock, 1.0, 100.0)
@@ -308,17 +350,37 @@ def test_a_cut_keeps_reserved_slots_and_a_rise_rebases_them() -> None:
     grown = bucket.acquire(0.0, None)
     assert grown is not None
     assert grown.wait == pytest.approx(2.0 * 100 / 200, rel=0.05)
-    # A cut keeps the queue as it is: its attempts go anyway, and those the server throttles
-    # come back as retries; charging the new rate for them would idle the server after it.
+    assert bucket.recheck(grown, None) is grown  # no cut since: send at its slot
+    # A cut: nothing stays reserved. A permit given before it asks again at the end of its
+    # wait and gets a slot at the new rate, in the order the waiters come back in; one that
+    # was due before the cut goes as it is; none is refused for it.
     for _ in range(30):
         bucket.feedback(Permit(0.0, 1), throttled=False)
-    before = bucket._tat
     bucket.feedback(Permit(0.0, 1), throttled=True)
     assert bucket._round == 2
-    assert bucket.rate() < bucket._paced  # type: ignore[operator]
-    after = bucket.acquire(0.0, None)
-    assert after is not None
-    assert after.wait == pytest.approx(before - clock.now, rel=1e-6)
+    rate = bucket.rate()
+    assert rate is not None
+    assert rate < 200 * 0.6
+    due = queue[0]
+    assert due is not None
+    assert due.at <= clock.now
+    assert bucket.recheck(due, None) is due
+    waiting = [p for p in queue if p is not None and p.at > clock.now]
+    assert len(waiting) > 100
+    moved = []
+    for permit in waiting[:20]:
+        clock.now = max(clock.now, permit.at)  # each comes back at the end of its wait
+        again = bucket.recheck(permit, None)
+        assert again is not permit
+        assert again.round == 2
+        assert bucket.recheck(again, None) is again  # the new permit needs no second look
+        moved.append(again.at)
+    assert moved == sorted(moved)
+    gaps = [b - a for a, b in itertools.pairwise(moved)]
+    assert min(gaps) == pytest.approx(1.0 / rate, rel=0.05)  # spaced at the new rate
+    # One whose new slot would pass its bound goes at its old one rather than fail.
+    late = waiting[-1]
+    assert bucket.recheck(late, 0.0) is late
 
 
 def test_the_send_rate_estimate_survives_a_stall() -> None:

@@ -109,8 +109,8 @@ def _redis_bucket(store: RedisStore, limit: RateLimit, clock: Clock, key: str) -
 
 # --- The maths: the script and LocalBucket agree ---------------------------------------------
 
-# An event: (seconds to advance, then "acquire" with not_before and max_wait, or "feedback" of
-# the n-th permit given so far, throttled or not).
+# An event: (seconds to advance, then "acquire" with not_before and max_wait, "feedback" of the
+# n-th permit given so far, throttled or not, or "recheck" of the n-th permit with max_wait).
 _EVENT = st.one_of(
     st.tuples(
         st.floats(0, 3),
@@ -119,6 +119,12 @@ _EVENT = st.one_of(
         st.one_of(st.none(), st.floats(0, 5)),
     ),
     st.tuples(st.floats(0, 3), st.just("feedback"), st.integers(0, 1000), st.booleans()),
+    st.tuples(
+        st.floats(0, 3),
+        st.just("recheck"),
+        st.integers(0, 1000),
+        st.one_of(st.none(), st.floats(0, 5)),
+    ),
 )
 _LIMIT = st.builds(
     RateLimit,
@@ -147,6 +153,13 @@ def _replay(
             assert ours == theirs, (step, ours, theirs)
             if ours is not None:
                 permits.append((ours, theirs))
+        elif permits and kind == "recheck":
+            ours, theirs = permits[first % len(permits)]
+            again, again_theirs = local.recheck(ours, second), remote.recheck(theirs, second)
+            assert again == again_theirs, (step, again, again_theirs)
+            assert (again is ours) == (again_theirs is theirs), step
+            if again is not ours:
+                permits.append((again, again_theirs))
         elif permits:
             ours, theirs = permits[first % len(permits)]
             local.feedback(ours, second)
@@ -170,6 +183,7 @@ _FIELDS = (
     "ok_since",
     "delivered",
     "start",
+    "ok_throttles",
 )
 
 
