@@ -66,7 +66,7 @@ P99_REFERENCE_MS = {"t64": 356.0, "t16": 99.0, "pushback": 356.0}
 
 @dataclass(frozen=True)
 class Settings:
-    duration: float = 5.0  # seconds of offered load per cell
+    duration: float = 10.0  # seconds of offered load per cell (a cold start is paid once a cell)
     drain: float = 6.0  # longest wait for calls in flight at the end (> one SDK wait)
     rounds: int = 2
 

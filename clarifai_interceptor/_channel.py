@@ -275,7 +275,7 @@ class _UnaryResponse(_Callable):
                     return exc
 
             outcome = follow(attempts, attempt, outcome, attempts.after(outcome))
-        elif limiter is not None and permit is not None and delivered(permit, outcome):
+        elif limiter is not None and permit is not None and delivered(limiter, outcome):
             limiter.feedback(permit, False)  # a success under an active limiter: delivered
         if isinstance(outcome, grpc.RpcError):
             raise outcome

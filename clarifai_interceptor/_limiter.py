@@ -190,6 +190,11 @@ class Bucket(Protocol):
     def rate(self) -> float | None:
         """The rate paced to now, in attempts per second; None while dormant."""
 
+    @property
+    def learning(self) -> bool:
+        """Whether successes teach it (adaptive and active): a success of any permit, even
+        one given while it was dormant, counts in the rate the server delivered."""
+
 
 @runtime_checkable
 class Store(Protocol):
@@ -292,6 +297,7 @@ class LocalBucket:
         "_tat",
         "_w_max",
         "active",
+        "learning",
         "limit",
     )
 
@@ -300,6 +306,7 @@ class LocalBucket:
         self._now = clock
         self._lock = threading.Lock()
         self.active = not limit.adaptive
+        self.learning = False  # active and adaptive
         self._rate = limit.per_second or 0.0
         self._w_max = self._rate  # the rate delivered before the last cut (the plateau)
         self._cut_at = 0.0
@@ -407,8 +414,8 @@ class LocalBucket:
             return Permit(at - now, self._round, at)
 
     def feedback(self, permit: Permit, throttled: bool) -> None:
-        if not permit.round and not throttled:
-            return  # dormant (or fixed) permits teach nothing by succeeding: no lock
+        if not throttled and not self.learning:
+            return  # dormant (or fixed): successes teach nothing, and take no lock
         if not self.limit.adaptive:
             return
         with self._lock:
@@ -435,7 +442,7 @@ class LocalBucket:
                 self._paced = rate
                 self._ok_since, self._ok, self._delivered = now, 0.0, -1.0
                 self._ok_throttles = 0
-                self.active = self._start = True
+                self.active = self._start = self.learning = True
             else:
                 # Cut to what was delivered; with nothing measured (no successes at all),
                 # back from a dip of DIP: only successes say how far to go.

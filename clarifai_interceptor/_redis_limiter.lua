@@ -221,7 +221,7 @@ end
 if op == 'feedback' then -- LocalBucket.feedback, of a permit of ARGV[8]'s round
     local permit_round = tonumber(ARGV[8])
     local throttled = ARGV[9] == '1'
-    if (permit_round == 0 and not throttled) or not adaptive then
+    if (not throttled and not active) or not adaptive then -- dormant successes teach nothing
         redis.call('PEXPIRE', key, ttl)
         return {round, num(active and current() or 0)}
     end

@@ -667,7 +667,7 @@ class Attempts:
         limiter = self.limiter
         if limiter is not None:
             permit = self.permit
-            if permit is not None and (throttled or delivered(permit, outcome)):
+            if permit is not None and (throttled or delivered(limiter, outcome)):
                 limiter.feedback(permit, throttled)
             if wait is not None:
                 wait = self._paced(limiter.acquire(wait, self._bound(wait)), wait)
@@ -682,7 +682,7 @@ class Attempts:
         limiter = self.limiter
         if limiter is not None:
             permit = self.permit
-            if permit is not None and (throttled or delivered(permit, outcome)):
+            if permit is not None and (throttled or delivered(limiter, outcome)):
                 await limiter.feedback_async(permit, throttled)
             if wait is not None:
                 permit = await limiter.acquire_async(wait, self._bound(wait))
@@ -743,10 +743,10 @@ class Attempts:
         return "backoff" if self._retry is None else self._retry.reason
 
 
-def delivered(permit: Permit, outcome: object) -> bool:
-    """Whether a success of ``outcome`` (any answer but an error or a throttle) teaches the
-    limiter that gave ``permit``: only an active adaptive one (round 0: dormant or fixed)."""
-    return bool(permit.round) and not isinstance(outcome, grpc.RpcError)
+def delivered(limiter: Bucket, outcome: object) -> bool:
+    """Whether a success of ``outcome`` (any answer but an error or a throttle) teaches
+    ``limiter``: only an active adaptive one (dormant or fixed: no call at all)."""
+    return limiter.learning and not isinstance(outcome, grpc.RpcError)
 
 
 def _full_name(method: str | bytes) -> str:

@@ -360,13 +360,19 @@ class RedisBucket:
             return None
         return self.local.acquire(not_before, max_wait)
 
-    def _teaches(self, permit: Permit, throttled: bool) -> bool:
+    @property
+    def learning(self) -> bool:
+        """Adaptive, and active as the last reply said (round 0 is dormant: its successes
+        cost no round trip)."""
+        return self._round != 0 and self.limit.adaptive
+
+    def _teaches(self, throttled: bool) -> bool:
         """Whether the outcome changes the shared state: a throttle, or a success under an
-        active adaptive limit (round 0 is dormant: its successes cost no round trip)."""
-        return self.limit.adaptive and (throttled or permit.round != 0)
+        active adaptive limit."""
+        return self.limit.adaptive and (throttled or self._round != 0)
 
     def feedback(self, permit: Permit, throttled: bool) -> None:
-        if self._teaches(permit, throttled):
+        if self._teaches(throttled):
             args = self._argv("feedback", permit.round, int(throttled))
             reply = self.store.decide(self.key, args)
             if reply is None:
@@ -375,7 +381,7 @@ class RedisBucket:
                 self._round = int(reply[0])
 
     async def feedback_async(self, permit: Permit, throttled: bool) -> None:
-        if self._teaches(permit, throttled):
+        if self._teaches(throttled):
             args = self._argv("feedback", permit.round, int(throttled))
             reply = await self.store.decide_async(self.key, args)
             if reply is None:
