@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -46,6 +46,7 @@ from clarifai_interceptor._limiter import (
     GO,
     GROWTH,
     HALF,
+    Bucket,
     LocalBucket,
     Permit,
     bucket_for,
@@ -790,3 +791,111 @@ async def test_call_outcome_of_an_aio_response_stream(fake: FakeClarifai) -> Non
             pass
         kept = await stream._interceptors_task  # what grpc.aio hands on: our kept attempt
         assert call_outcome(kept).attempts == 2
+
+
+# -- a cut while callers wait: their permits are laid out anew ---------------------------------
+
+CUT_LIMIT = RateLimit(initial_rate=50.0, burst=1.0)
+WAITERS = 20
+
+
+def _activate_then_cut_soon() -> tuple[Bucket, Callable[[], float]]:
+    """The process's one bucket made active at 50/s (a slow start, up to 100/s after a
+    second), with 16 successes told of; returns it and the cut: a throttle that measures 16
+    successes in the second since, so that the rate goes to about 15/s (returns its time)."""
+    [(_key, bucket)] = _limiter.buckets()
+    bucket.feedback(GO, throttled=True)
+    for _ in range(_SUCCESSES):
+        bucket.feedback(Permit(0.0, 1), throttled=False)
+    time.sleep(1.0)
+
+    def cut() -> float:
+        bucket.feedback(Permit(0.0, 1), throttled=True)
+        return time.monotonic()
+
+    return bucket, cut
+
+
+def _laid_out_anew(fake: FakeClarifai, bucket: Bucket, cut_at: float) -> None:
+    rate = bucket.rate()
+    assert rate is not None
+    assert rate < 20.0  # the cut measured the server: about 15/s
+    after = sorted(call.time for call in fake.calls_to(METHOD) if call.time > cut_at)
+    assert len(after) >= WAITERS // 2  # the waiters' slots (10 ms apart) had not all passed
+    gaps = sorted(b - a for a, b in itertools.pairwise(after))
+    # At the old rate (100/s) they would go 10 ms apart; each rechecks at the end of its wait
+    # and goes at the new rate's slot instead (66 ms apart): the median gap says which.
+    assert gaps[len(gaps) // 2] >= 0.5 / rate, gaps
+
+
+@pytest.mark.parametrize("how", ["wrapper", "interceptor", "future"])
+def test_callers_waiting_when_the_rate_is_cut_go_at_the_new_rate(
+    fake: FakeClarifai, how: str
+) -> None:
+    kind = "wrapper" if how == "wrapper" else "interceptor"
+    for name, channel in sync_channels(fake, retry=FAST, rate_limit=CUT_LIMIT):
+        if name != kind:
+            continue
+        stub = service_pb2_grpc.V2Stub(channel)
+        stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)  # the bucket, dormant
+        bucket, cut = _activate_then_cut_soon()
+        if how == "future":
+            futures = [
+                stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
+                for _ in range(WAITERS)
+            ]
+            cut_at = cut()
+            for future in futures:
+                future.result(timeout=T)
+        else:
+            threads = [
+                threading.Thread(
+                    target=stub.ListModels,
+                    args=(service_pb2.ListModelsRequest(),),
+                    kwargs={"timeout": T},
+                )
+                for _ in range(WAITERS)
+            ]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.02)
+            cut_at = cut()
+            for thread in threads:
+                thread.join(T)
+        _laid_out_anew(fake, bucket, cut_at)
+
+
+@pytest.mark.asyncio
+async def test_aio_callers_waiting_when_the_rate_is_cut_go_at_the_new_rate(
+    fake: FakeClarifai,
+) -> None:
+    async with cia.insecure_channel(
+        fake.target, PAT_CREDS, retry=FAST, rate_limit=CUT_LIMIT
+    ) as channel:
+        stub = service_pb2_grpc.V2Stub(channel)
+        await stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        bucket, cut = _activate_then_cut_soon()
+        calls = [
+            asyncio.ensure_future(stub.ListModels(service_pb2.ListModelsRequest(), timeout=T))
+            for _ in range(WAITERS)
+        ]
+        await asyncio.sleep(0.02)  # every task has its permit, 10 ms apart
+        cut_at = cut()
+        await asyncio.gather(*calls)
+    _laid_out_anew(fake, bucket, cut_at)
+
+
+def test_successes_of_permits_given_while_dormant_count_once_active() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(), clock)
+    wave = [bucket.acquire(0.0, None) for _ in range(40)]  # a cold start: all go at once
+    assert wave == [GO] * 40
+    bucket.feedback(GO, throttled=False)
+    assert bucket._ok == 0  # dormant: a success teaches nothing (and takes no lock)
+    bucket.feedback(GO, throttled=True)  # the first throttle
+    assert bucket.learning
+    for permit in wave[:20]:  # the rest of the wave, answered after it: the server's work
+        bucket.feedback(permit or GO, throttled=False)
+    assert bucket._ok == 20
+    fixed = LocalBucket(RateLimit(per_second=5.0), clock)
+    assert not fixed.learning  # a fixed rate learns nothing: its successes cost no call
