@@ -39,7 +39,7 @@ from clarifai_interceptor import (
     insecure_channel,
     use_credentials,
 )
-from clarifai_interceptor._limiter import LocalBucket, Permit, bucket_for, identity
+from clarifai_interceptor._limiter import GO, LocalBucket, Permit, bucket_for, identity
 from clarifai_interceptor.instrumentation._figures import limiter_rates
 from clarifai_interceptor.redis import DEFAULT_PREFIX, RedisBucket, RedisStore
 from clarifai_interceptor.testing import FakeClarifai, Reply
@@ -322,6 +322,42 @@ def test_two_processes_share_the_adaptive_rate(make_store: Callable[..., RedisSt
     assert permits[-1].wait > 0
 
 
+def test_a_cut_in_one_process_lays_out_the_waiters_of_another_anew(
+    make_store: Callable[..., RedisStore],
+) -> None:
+    """A permit given before a cut anywhere in the fleet gets a slot at the new rate when it
+    rechecks, once its process has seen the cut (in any reply: there is no round trip
+    before that)."""
+    clock = Clock()
+    key = os.urandom(16).hex()
+    limit = RateLimit(burst=1.0, initial_rate=50.0)
+    one = _redis_bucket(make_store(), limit, clock, key)
+    two = _redis_bucket(make_store(), limit, clock, key)
+    assert one.acquire(0.0, None) == GO
+    one.feedback(GO, throttled=True)  # active at 50/s, a slow start
+    for _ in range(16):
+        one.feedback(Permit(0.0, 1), throttled=False)
+    clock.now += 1.0
+    waiting = [two.acquire(0.0, None) for _ in range(10)]  # 10 ms apart (100/s by now)
+    assert all(p is not None and p.round == 1 for p in waiting)
+    one.feedback(Permit(0.0, 1), throttled=True)  # the server delivered 16/s: a cut
+    rate = one.rate()
+    assert rate is not None
+    assert rate < 20
+    last = waiting[-1]
+    assert last is not None
+    clock.now = last.at  # the end of its wait
+    assert two.recheck(last, None) is last  # two has not seen the cut yet: no round trip
+    two.feedback(Permit(0.0, 1), throttled=False)  # any reply tells it (a success, here)
+    again = two.recheck(last, None)
+    assert again is not last
+    assert again.round == 2
+    assert again.wait == pytest.approx(0.0, abs=1e-6)  # the queue was laid anew: it is first
+    after = two.recheck(waiting[-2] or GO, None)  # the next waiter, at the same moment
+    assert after.wait == pytest.approx(1.0 / rate, rel=0.05)  # one slot of the new rate on
+    assert two.recheck(after, None) is after  # a permit of the latest round: no trip
+
+
 def test_permits_from_concurrent_processes_take_distinct_slots(server: RedisServer) -> None:
     """4 processes reserving at once on a frozen clock: exactly the slots one process gets."""
     limit = RateLimit(per_second=50, burst=5)
@@ -497,6 +533,8 @@ def test_a_fallback_bucket_still_paces_and_adapts(own_server: RedisServer) -> No
     adaptive.feedback(permit, throttled=True)
     assert adaptive.rate() is not None  # the local bucket took the throttle
     assert store.fallbacks == 5
+    stale = Permit(1.0, 7, 1e12)  # a permit of a round Redis gave, rechecked while it is down
+    assert adaptive.recheck(stale, None).round == 1  # the local bucket lays it out: no hang
     store.close()
 
 
