@@ -7,18 +7,23 @@ bucket for a `Permit` first: how long to wait before sending. A bucket that cann
 within the wait allowed refuses, and the call fails at once with `RateLimitedError`.
 
 Adaptive mode (the default) is dormant, and costs one method call, until the first throttle;
-then it paces to the rate the server delivers (as BBR does), measured from the successes it
-is told of while active: a throttle says the server's bucket is empty, so the successes
-between two throttles are all it delivered. A throttle (at most one a round of attempts in
-flight, and a round lasts `_ROUND` at least) cuts the rate to that delivered rate, never
-below half the rate then; the rate dips `DIP` below it and is back in `_K` (1.4) s, then
-probes above it slowly (cubic, `GROWTH`), never above twice the measured send rate. The first
-throttle starts from the rate this process was sending at, doubling every second until a
-throttle measures the server (that first cut by ``1 - BETA`` at most). A retry whose backoff
-ends past the queue books its own slot then instead of pushing the queue back, and a rising
-rate re-bases the slots reserved at the lower one; a falling one keeps them (their attempts
-go anyway). The maths are here, pure functions of time and state, mirrored line by line in
-``_redis_limiter.lua``.
+then it paces to the rate the server delivers (as BBR does), measured from every success it
+is told of while active (of permits given while it was dormant too): a throttle says the
+server's bucket is empty, so the successes between two throttles are all it delivered. A
+throttle (at most one a round of attempts in flight, and a round lasts `_ROUND` at least) cuts
+the rate to that delivered rate, never below half the rate then; a window with no throttle but
+the one ending it was the client's own pace, and keeps the plateau. The rate dips `DIP` below
+it and is back in `_K` (1.4) s, then probes above it slowly (cubic, `GROWTH`), never above
+twice the measured send rate. The first throttle starts from the rate this process was
+sending at, doubling every second until a throttle measures the server: straight to it if the
+start was above it (that window offered more all along), else by ``1 - BETA`` at most.
+
+A cut leaves nothing reserved: each permit given before it is rechecked at the end of its wait
+(`LocalBucket.recheck`, by every front end) and laid out anew at the new rate, in the order the
+waiters come back in, so a queue reserved at the old rate never goes at it. A retry whose
+backoff ends past the queue books its own slot then instead of pushing the queue back, and a
+rising rate re-bases the slots reserved at the lower one. The maths are here, pure functions
+of time and state, mirrored line by line in ``_redis_limiter.lua``.
 """
 
 from __future__ import annotations
