@@ -18,9 +18,11 @@ twice the measured send rate. The first throttle starts from the rate this proce
 sending at, doubling every second until a throttle measures the server: straight to it if the
 start was above it (that window offered more all along), else by ``1 - BETA`` at most.
 
-A cut leaves nothing reserved: each permit given before it is rechecked at the end of its wait
-(`LocalBucket.recheck`, by every front end) and laid out anew at the new rate, in the order the
-waiters come back in, so a queue reserved at the old rate never goes at it. A retry whose
+A cut leaves nothing reserved at the old rate: each permit given before it is rechecked at the
+end of its wait (`LocalBucket.recheck`, by every front end) and gets the next slot at the new
+rate, in the order the old slots come due, and a permit given after the cut queues behind as
+many slots as were reserved: a queue reserved at the old rate never goes at it, and first
+come is still first served. A retry whose
 backoff ends past the queue books its own slot then instead of pushing the queue back, and a
 rising rate re-bases the slots reserved at the lower one. The maths are here, pure functions
 of time and state, mirrored line by line in ``_redis_limiter.lua``.
@@ -296,6 +298,7 @@ class LocalBucket:
         "_ok_throttles",
         "_paced",
         "_rate",
+        "_redo",
         "_round",
         "_since",
         "_start",
@@ -323,6 +326,7 @@ class LocalBucket:
         self._delivered = -1.0  # successes per second between the last two such throttles
         self._tat = clock()  # GCRA's theoretical arrival time of the next permit
         self._later: list[float] = []  # slots booked past `_tat` by retries, in order
+        self._redo = 0.0  # after a cut: the next slot for a permit given before it
         self._paced = self._rate  # the rate `_tat` was laid out at
         self._since = self._last = self._tat  # start of the send-rate window, last send
         self._count = 0  # sends counted in the window
@@ -388,35 +392,38 @@ class LocalBucket:
             self._count += 1  # racy by design: an estimate, and the happy path stays lock-free
             return GO
         with self._lock:
-            now = self._now()
-            rate = self._current(now)
-            tat = self._tat
-            if tat > now and rate > self._paced:  # re-base what is reserved on the new rate
-                tat = now + (tat - now) * self._paced / rate
-            interval = 1.0 / rate
-            earliest = now + not_before
-            later = self._later
-            if earliest > max(tat, now) + interval and len(later) < _LATER:
-                # A retry's backoff ends past the queue: book its own slot then, and leave
-                # the slots before it to others (the queue skips it when it gets there).
-                at = first_free(later, earliest, interval)
-                if max_wait is not None and at - now > max_wait:
-                    return None
-                bisect.insort(later, at)
-                self._tat = tat
-            else:
-                at = max(earliest, tat - (self.limit.burst - 1.0) * interval)
-                passed = 0  # the booked slots this permit's slot moves past
-                while passed < len(later) and later[passed] < at + interval:
-                    at = max(at, later[passed] + interval)
-                    passed += 1
-                if max_wait is not None and at - now > max_wait:
-                    return None
-                del later[:passed]
-                self._tat = max(tat, at) + interval
-            self._paced = rate
-            self._count_send(now)
-            return Permit(at - now, self._round, at)
+            return self._acquire(self._now(), not_before, max_wait)
+
+    def _acquire(self, now: float, not_before: float, max_wait: float | None) -> Permit | None:
+        """`acquire`, active, at ``now`` (lock held)."""
+        rate = self._current(now)
+        tat = self._tat
+        if tat > now and rate > self._paced:  # re-base what is reserved on the new rate
+            tat = now + (tat - now) * self._paced / rate
+        interval = 1.0 / rate
+        earliest = now + not_before
+        later = self._later
+        if earliest > max(tat, now) + interval and len(later) < _LATER:
+            # A retry's backoff ends past the queue: book its own slot then, and leave
+            # the slots before it to others (the queue skips it when it gets there).
+            at = first_free(later, earliest, interval)
+            if max_wait is not None and at - now > max_wait:
+                return None
+            bisect.insort(later, at)
+            self._tat = tat
+        else:
+            at = max(earliest, tat - (self.limit.burst - 1.0) * interval)
+            passed = 0  # the booked slots this permit's slot moves past
+            while passed < len(later) and later[passed] < at + interval:
+                at = max(at, later[passed] + interval)
+                passed += 1
+            if max_wait is not None and at - now > max_wait:
+                return None
+            del later[:passed]
+            self._tat = max(tat, at) + interval
+        self._paced = rate
+        self._count_send(now)
+        return Permit(at - now, self._round, at)
 
     def feedback(self, permit: Permit, throttled: bool) -> None:
         if not throttled and not self.learning:
@@ -468,16 +475,31 @@ class LocalBucket:
             self._respace(now)
 
     def _respace(self, now: float) -> None:
-        """After a cut (lock held): nothing stays reserved. Every permit given before it asks
-        again at the end of its wait (`recheck`), and the queue is laid out anew at the new
-        rate, in the order of the old slots: it no longer goes at the old rate."""
-        self._tat = now
+        """After a cut (lock held): nothing stays reserved at the old rate. Every permit given
+        before it asks again at the end of its wait (`recheck`) and gets the next slot at the
+        new rate from now (`_redo`), in the order the old slots come due; a permit given
+        after it queues behind as many slots as were reserved (first come, first served)."""
+        ahead = max(0.0, self._tat - now) * self._paced + sum(s > now for s in self._later)
+        rate = self._current(now)
+        self._redo = now
+        self._tat = now + ahead / rate
+        self._paced = rate
         self._later.clear()
 
     def recheck(self, permit: Permit, max_wait: float | None) -> Permit:
         if permit.round == self._round or permit.at <= self._cut_at:
             return permit  # no cut since the permit was given (or it was due before): go
-        return self.acquire(0.0, max_wait) or permit
+        with self._lock:
+            now = self._now()
+            interval = 1.0 / self._current(now)
+            at = max(now, self._redo)
+            if at + interval > self._tat:  # the old queue is laid out: join the new one
+                return self._acquire(now, 0.0, max_wait) or permit
+            if max_wait is not None and at - now > max_wait:
+                return permit
+            self._redo = at + interval
+            self._count_send(now)
+            return Permit(at - now, self._round, at)
 
     async def acquire_async(self, not_before: float, max_wait: float | None) -> Permit | None:
         return self.acquire(not_before, max_wait)

@@ -56,7 +56,7 @@ end
 
 local stored = redis.call('HMGET', key, 'tat', 'since', 'count', 'measured', 'active',
     'w_max', 'cut_at', 'round', 'last', 'paced', 'ok', 'ok_since', 'delivered', 'start', 'later',
-    'ok_throttles')
+    'ok_throttles', 'redo')
 local new = stored[1] == false
 local tat = tonumber(stored[1]) or now
 local since = tonumber(stored[2]) or now
@@ -73,6 +73,7 @@ local ok_since = tonumber(stored[12]) or 0
 local delivered = tonumber(stored[13]) or -1
 local start = stored[14] == '1'
 local ok_throttles = tonumber(stored[16]) or 0
+local redo = tonumber(stored[17]) or 0 -- LocalBucket._redo
 local later = {} -- LocalBucket._later: slots booked past tat, in order
 if stored[15] and stored[15] ~= '' then
     for slot in string.gmatch(stored[15], '[^,]+') do
@@ -108,6 +109,20 @@ local function sample(n, elapsed) -- LocalBucket._sample
     end
 end
 
+local function count_send() -- LocalBucket._count_send: a stall closes the window
+    if now - last > STALL then
+        sample(count, last - since)
+        since, count = now, 0
+    end
+    last = now
+    count = count + 1
+    local elapsed = now - since
+    if elapsed >= WINDOW then
+        sample(count, elapsed)
+        since, count = now, 0
+    end
+end
+
 local function save(...)
     redis.call('HSET', key, ...)
     redis.call('PEXPIRE', key, ttl)
@@ -132,7 +147,21 @@ if op == 'recheck' then -- LocalBucket.recheck: a cut since the permit lays it o
     if tonumber(ARGV[10]) == round or tonumber(ARGV[11]) <= cut_at then
         return {2}
     end
-    op = 'acquire'
+    local rate = current()
+    local interval = 1.0 / rate
+    local at = math.max(now, redo)
+    if at + interval <= tat then -- the next slot of the old queue, at the new rate
+        local max_wait = tonumber(ARGV[9])
+        if max_wait and at - now > max_wait then
+            return {2}
+        end
+        redo = at + interval
+        count_send()
+        save('redo', num(redo), 'since', num(since), 'last', num(last), 'count', count,
+            'measured', num(measured))
+        return {1, num(at - now), round, num(rate), num(at)}
+    end
+    op = 'acquire' -- the old queue is laid out: join the new one
 end
 
 if op == 'acquire' then
@@ -201,18 +230,7 @@ if op == 'acquire' then
         tat = math.max(tat, at) + interval
     end
     paced = rate
-    -- the send-rate estimate, as LocalBucket._count_send: a stall closes the window
-    if now - last > STALL then
-        sample(count, last - since)
-        since, count = now, 0
-    end
-    last = now
-    count = count + 1
-    local elapsed = now - since
-    if elapsed >= WINDOW then
-        sample(count, elapsed)
-        since, count = now, 0
-    end
+    count_send()
     save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', count,
         'measured', num(measured), 'paced', num(paced), 'later', num_list(later))
     return {1, num(at - now), round, num(rate), num(at)}
@@ -283,8 +301,17 @@ if op == 'feedback' then -- LocalBucket.feedback, of a permit of ARGV[8]'s round
     end
     round = round + 1
     w_max, cut_at = math.max(min_rate, rate), now
-    tat = now -- LocalBucket._respace: every permit given before asks again (recheck)
-    save('tat', num(tat), 'since', num(since), 'last', num(last), 'count', count,
+    -- LocalBucket._respace: every permit given before asks again (recheck); a new one
+    -- queues behind as many slots as were reserved
+    local ahead = math.max(0, tat - now) * paced
+    for i = 1, #later do
+        if later[i] > now then
+            ahead = ahead + 1
+        end
+    end
+    paced = current()
+    redo, tat = now, now + ahead / paced
+    save('redo', num(redo), 'tat', num(tat), 'since', num(since), 'last', num(last), 'count', count,
         'measured', num(measured), 'active', 1, 'w_max', num(w_max), 'cut_at', num(cut_at),
         'round', round, 'paced', num(paced), 'ok', num(ok), 'ok_since', num(ok_since),
         'delivered', num(delivered), 'start', start and 1 or 0, 'later', '',

@@ -352,9 +352,10 @@ def test_a_rise_rebases_reserved_slots_and_a_cut_lays_them_out_anew() -> None:
     assert grown is not None
     assert grown.wait == pytest.approx(2.0 * 100 / 200, rel=0.05)
     assert bucket.recheck(grown, None) is grown  # no cut since: send at its slot
-    # A cut: nothing stays reserved. A permit given before it asks again at the end of its
-    # wait and gets a slot at the new rate, in the order the waiters come back in; one that
-    # was due before the cut goes as it is; none is refused for it.
+    # A cut: nothing stays reserved at the old rate. A permit given before it asks again at
+    # the end of its wait and gets the next slot at the new rate, in the order the waiters
+    # come back in; a caller after the cut queues behind them; a permit that was due before
+    # the cut goes as it is; none is refused for it.
     for _ in range(30):
         bucket.feedback(Permit(0.0, 1), throttled=False)
     bucket.feedback(Permit(0.0, 1), throttled=True)
@@ -368,6 +369,9 @@ def test_a_rise_rebases_reserved_slots_and_a_cut_lays_them_out_anew() -> None:
     assert bucket.recheck(due, None) is due
     waiting = [p for p in queue if p is not None and p.at > clock.now]
     assert len(waiting) > 100
+    fresh = bucket.acquire(0.0, None)  # a caller after the cut queues behind every waiter
+    assert fresh is not None
+    assert fresh.wait >= 0.9 * len(waiting) / rate
     moved = []
     for permit in waiting[:20]:
         clock.now = max(clock.now, permit.at)  # each comes back at the end of its wait
@@ -378,7 +382,8 @@ def test_a_rise_rebases_reserved_slots_and_a_cut_lays_them_out_anew() -> None:
         moved.append(again.at)
     assert moved == sorted(moved)
     gaps = [b - a for a, b in itertools.pairwise(moved)]
-    assert min(gaps) == pytest.approx(1.0 / rate, rel=0.05)  # spaced at the new rate
+    assert gaps == pytest.approx([1.0 / rate] * len(gaps), rel=0.05)  # the new rate's slots
+    assert moved[-1] < fresh.at  # first come, first served
     # One whose new slot would pass its bound goes at its old one rather than fail.
     late = waiting[-1]
     assert bucket.recheck(late, 0.0) is late

@@ -184,6 +184,7 @@ _FIELDS = (
     "delivered",
     "start",
     "ok_throttles",
+    "redo",
 )
 
 
@@ -278,6 +279,34 @@ def test_script_and_local_bucket_agree_on_the_cuts_to_the_delivered_rate(
     events += [(0.0, "feedback", 100, True)]  # not measured: a dip
     _replay(limit, events, local, remote, clock)
     assert local._round == 4
+
+
+def test_script_and_local_bucket_agree_on_laying_a_queue_out_anew_after_a_cut(
+    make_store: Callable[..., RedisStore],
+) -> None:
+    """A queue, then a cut: waiters recheck in the order their slots come due and are laid
+    out on the new rate's slots; a permit given after the cut queues behind; one due before
+    the cut, one already re-laid and one refused go as they are; once the old queue is used
+    up, a recheck joins the new one."""
+    limit = RateLimit(burst=1)
+    clock = Clock()
+    local, remote = LocalBucket(limit, clock), _redis_bucket(make_store(), limit, clock, "r" * 32)
+    events: list[tuple[Any, ...]] = [(0.001, "acquire", 0.0, None) for _ in range(40)]
+    events += [(0.0, "feedback", 40, True)]  # active
+    events += [(0.3, "acquire", 0.0, None)] + [(0.0, "acquire", 0.0, None) for _ in range(29)]
+    events += [(0.0, "feedback", n, False) for n in range(20)]  # dormant permits' successes
+    events += [(0.0, "feedback", 41, True)]  # a cut, with permits 42..70 waiting
+    events += [(0.0, "recheck", 1, None)]  # due before the cut: goes
+    events += [(0.004, "recheck", 42 + n, None) for n in range(5)]  # 71..75, laid anew
+    events += [(0.0, "recheck", 71, None), (0.0, "recheck", 47, 0.0)]  # re-laid; refused
+    events += [(0.0, "acquire", 0.0, None)]  # 76: a new caller queues behind the old queue
+    events += [(0.004, "recheck", 48 + n, 5.0) for n in range(23)]  # the rest, then past it
+    events += [(0.5, "acquire", 0.9, None), (0.0, "acquire", 0.0, None)]  # a retry's slot
+    events += [(0.3, "feedback", 80, True)]  # another cut, with a booked slot counted ahead
+    events += [(0.01, "recheck", 100, None), (0.01, "recheck", 101, None)]
+    _replay(limit, events, local, remote, clock)
+    assert local._round == 3
+    assert local._redo > 0
 
 
 # --- On Redis's own clock --------------------------------------------------------------------
