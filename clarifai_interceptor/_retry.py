@@ -699,10 +699,16 @@ class Attempts:
         if limiter is None or permit is None:
             return 0.0
         moved = limiter.recheck(permit, permit_bound(self.retry_until, self.limit_wait))
+        return self._moved(permit, moved)
+
+    def _moved(self, permit: Permit, moved: Permit) -> float:
         if moved is permit:
             return 0.0
         self.permit = moved
-        return TESTING.wait(moved.wait)
+        wait = TESTING.wait(moved.wait)
+        if self.number > 1:
+            self.waited += wait  # a retry's wait: the call's summary counts it
+        return wait
 
     async def recheck_async(self) -> float:
         """`recheck`, for ``grpc.aio``."""
@@ -710,11 +716,7 @@ class Attempts:
         if limiter is None or permit is None:
             return 0.0
         bound = permit_bound(self.retry_until, self.limit_wait)
-        moved = await limiter.recheck_async(permit, bound)
-        if moved is permit:
-            return 0.0
-        self.permit = moved
-        return TESTING.wait(moved.wait)
+        return self._moved(permit, await limiter.recheck_async(permit, bound))
 
     def sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` in this thread before an attempt (and as long more as `recheck`
