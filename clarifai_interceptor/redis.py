@@ -33,6 +33,7 @@ from typing import Any, Literal
 try:
     import redis
     import redis.asyncio
+    from redis.asyncio.retry import Retry as AsyncRetry
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 except ImportError:  # pragma: no cover (CI installs the extra)
@@ -138,12 +139,15 @@ class RedisStore:
         self._retry_at = 0.0
         self._probing = False
 
-    def _options(self) -> dict[str, Any]:
-        """The clients' options: short timeouts, no retries (the store falls back instead)."""
+    def _options(self, *, for_asyncio: bool = False) -> dict[str, Any]:
+        """The clients' options: short timeouts, no retries (the store falls back instead).
+
+        The asyncio client gets redis-py's asyncio ``Retry``: redis-py 8.2 warns when it is
+        handed the sync one (an error wherever warnings are)."""
         return {
             "socket_timeout": self.timeout,
             "socket_connect_timeout": self.timeout,
-            "retry": Retry(NoBackoff(), 0),
+            "retry": AsyncRetry(NoBackoff(), 0) if for_asyncio else Retry(NoBackoff(), 0),
             "retry_on_timeout": False,
         }
 
@@ -176,7 +180,9 @@ class RedisStore:
                         raise RuntimeError(
                             "this RedisStore has no async client: pass url= or async_client="
                         )
-                    client = redis.asyncio.Redis.from_url(self._url, **self._options())
+                    client = redis.asyncio.Redis.from_url(
+                        self._url, **self._options(for_asyncio=True)
+                    )
                 script = self._async[loop] = client.register_script(_SCRIPT)
         return script
 
