@@ -48,7 +48,8 @@ def clarifai_testing() -> Iterator[Callable[..., Any]]:
 
     Yields `clarifai_interceptor.testing.set_testing`, to change the mode within the test
     (``clarifai_testing(True, attempts=3)``); the state from before the test is restored after
-    it. The switch is process-wide: tests running in threads of one process share it.
+    it, whatever the test or its threads set meanwhile. The switch is process-wide: tests
+    running at once in threads of one process share it, each ending only its own setting.
     """
     from clarifai_interceptor._switch import set_testing  # noqa: PLC0415
 

@@ -961,7 +961,7 @@ def test_set_testing_as_a_context_manager_restores_the_state_before() -> None:
     with pytest.raises(RuntimeError), set_testing(True, attempts=9):
         raise RuntimeError("restored even so")
     assert TESTING.attempts == 3
-    assert repr(set_testing(True)) == "<set_testing: restores on>"
+    assert repr(set_testing(True)) == "<set_testing on: leaving restores on>"
 
 
 @pytest.mark.parametrize(
