@@ -49,7 +49,7 @@ from ._grpc_channel import clarifai_channel
 from ._interceptor import ClarifaiInterceptor
 from ._limiter import DEFAULT_RATE_LIMIT, RateLimit, RateLimitedError
 from ._methods import READ_PATTERNS, READ_RETRY, WRITE_RETRY
-from ._retry import (
+from ._policy import (
     DEFAULT_RETRYABLE_CODES,
     DEFAULT_RETRYABLE_STATUSES,
     DEFAULT_THROTTLE_STATUSES,

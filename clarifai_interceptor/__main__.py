@@ -140,7 +140,7 @@ class _Waits(logging.Handler):
         self.say, self.waits = say, list[float]()
 
     def emit(self, record: logging.LogRecord) -> None:
-        args = record.args  # (method, attempt, outcome, wait): see _retry.Retry._log
+        args = record.args  # (method, attempt, outcome, wait): see instrumentation._logging
         if str(record.msg).startswith("retrying") and isinstance(args, tuple) and len(args) == 4:
             _, n, got, wait = args
             if isinstance(n, int) and isinstance(wait, int | float):

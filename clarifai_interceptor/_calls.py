@@ -1,8 +1,11 @@
-"""The call objects the sync front ends return when a call may be retried.
+"""The call objects the sync front ends return when a call may be retried, and their drivers.
 
-`RetryFuture` retries a unary-response call from callbacks and timers, so ``future()`` returns
-at once; `RetryingStream` retries a response stream only until its first message reaches the
-caller (gRFC A6's commit rule), so no message is ever delivered twice.
+`unary_response` drives a unary-response call: in the caller's thread when it blocks anyway
+(`drive`), else as a `RetryFuture` on callbacks and the scheduler's timers, so ``future()``
+returns at once. `response_stream` paces the first attempt in the caller's thread and returns a
+`RetryingStream`, retried only until its first message reaches the caller (gRFC A6's commit
+rule), so no message is ever delivered twice. Every decision is the flow's (`_attempts`):
+these only do the I/O.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from ._closing import CancelledCall
+from ._attempts import END, MARK, Ask, Attempts, Done, Flow, Send, advance, drive
+from ._closing import CancelledCall, closed
 from ._limiter import RateLimitedError
-from ._retry import Attempts, time_left
+from ._policy import time_left
 from ._scheduler import Handle, call_later
 
 __all__ = [
@@ -43,7 +47,8 @@ class CallOutcome(NamedTuple):
     """How many attempts a call used, and what cut its retrying short (see `call_outcome`).
 
     Attributes:
-        attempts: Attempts made, the first included.
+        attempts: Attempts sent, the first included (0: the rate limiter refused it, or its
+            channel closed before it was sent).
         cut_by: What ended the retrying before a final outcome: ``"attempts"``,
             ``"deadline"``, ``"budget"``, ``"pushback"``, ``"limiter"``; None if none did.
         throttled: How many of the attempts were throttled.
@@ -55,19 +60,30 @@ class CallOutcome(NamedTuple):
 
 
 _SINGLE = CallOutcome(1, None, 0)
+_GRPC_CALLS = (grpc.Call, grpc.Future, grpc.RpcError, grpc.aio.Call)
 
 
 def call_outcome(call: object) -> CallOutcome:
-    """The attempts behind a call object a channel of ours returned: ``with_call``'s call, a
-    ``future()``, or a response stream (sync or aio).
+    """The attempts behind a call of a channel of ours: ``with_call``'s call, a ``future()``,
+    a response stream (sync or aio), or the ``grpc.RpcError`` a call raised.
 
     Free on the happy path: a call that was never retried is gRPC's own object, and reads as
     one attempt with nothing cut.
+
+    Raises:
+        TypeError: ``call`` is not a call, future or error of gRPC's or of ours.
     """
     attempts = getattr(call, "_attempts", None)
     if not isinstance(attempts, Attempts):
+        attempts = getattr(call, MARK, None)
+    if isinstance(attempts, Attempts):
+        return CallOutcome(attempts.sent, attempts.cut_by, attempts.throttled)
+    if isinstance(call, _GRPC_CALLS):
         return _SINGLE
-    return CallOutcome(attempts.number, attempts.cut_by, attempts.throttled)
+    raise TypeError(
+        "call_outcome takes a call, future, response stream or grpc.RpcError, "
+        f"not {type(call).__name__}"
+    )
 
 
 class Retried(grpc.Call, grpc.Future):  # type: ignore[misc]
@@ -149,90 +165,104 @@ def _run_callbacks(callbacks: list[_Callback], arg: Any) -> None:
             log.exception("a done callback raised")
 
 
+_START = object()  # what a new future waits for: its first step
+
+
 class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
     """A ``grpc.Future`` and ``grpc.Call`` over the attempts of one unary-response call.
 
-    Retries run from the attempts' done callbacks and timer threads; the caller's thread is never
-    blocked. Resolves to the final attempt's outcome, unchanged.
+    The flow runs from the attempts' done callbacks and the scheduler's timer; the caller's
+    thread is never blocked. Resolves to the final attempt's outcome, unchanged.
     """
 
-    def __init__(self, attempts: Attempts, start: Start, first: Any, wait: float | None) -> None:
-        """Go on from ``first``: wait ``wait`` seconds and retry, or (None) await its outcome.
-
-        With ``first`` None, attempt 1 itself starts after ``wait`` (the rate limiter's)."""
+    def __init__(self, attempts: Attempts, start: Start) -> None:
         self._attempts = attempts
         self._start = start
+        self._flow: Flow = attempts.flow()
         self._context = contextvars.copy_context()
-        self._cond = threading.Condition()
-        self._call = first
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._call: Any = None  # the attempt in flight, or the last one
+        self._outcome: Any = None  # the flow's judgement of it
+        self._waiting: object = _START  # what the flow waits for: a call, or a timer's token
+        self._timer: Handle | None = None
         self._final: Any = None
         self._cancelled = False
-        self._timer: Handle | None = None
         self._callbacks: list[_Callback] = []
         self._terminal: list[_Callback] = []  # add_callback's, run when the call ends
         self._unwatch: Callable[[], None] | None = None
-        if wait is None:
-            first.add_done_callback(self._on_done)
-        else:
-            self._schedule(wait, first)
+        self._step(None, _START)
+
+    def _step(self, value: Any, expected: object) -> None:
+        """Go on with the flow from ``value`` if it still waits for ``expected`` (the first
+        of the attempt's end, the timer, the channel's close, a cancel wins)."""
+        with self._lock:
+            if self._final is not None or self._waiting is not expected:
+                return
+            self._waiting = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            watch, final = self._advance(value)
+        if watch is not None:
+            watch.add_done_callback(self._on_done)  # at once, here, if it is done
+        elif final is not None:
+            self._finish(final)
+
+    def _advance(self, value: Any) -> tuple[Any, Any]:
+        """Run the flow until it waits (lock held): the call to watch, or the final one."""
+        flow = self._flow
+        try:
+            while True:
+                step = flow.send(value)
+                if isinstance(step, Ask):
+                    value = self._attempts.ask(step)
+                elif isinstance(step, Send):
+                    try:
+                        call = self._start(step.number)
+                    except Exception as exc:  # e.g. the channel was closed during the wait
+                        log.debug(
+                            "a retry could not start; the last outcome stands", exc_info=True
+                        )
+                        flow.close()
+                        return None, Raised(exc) if self._call is None else self._call
+                    self._call = self._waiting = call
+                    return call, None
+                else:
+                    token = self._waiting = object()
+                    job = functools.partial(self._context.run, self._step, None, token)
+                    self._timer = call_later(step.seconds, job)
+                    closing = self._attempts.closing
+                    if closing is not None and self._unwatch is None:
+                        self._unwatch = closing.watch(self._on_close)
+                    return None, None
+        except StopIteration as stop:
+            final = stop.value
+            return None, self._call if final is self._outcome else Raised(final)
+        except Exception as exc:  # noqa: BLE001 (the limiter refused, or its store raised)
+            return None, Raised(exc)
 
     def _on_done(self, call: Any) -> None:
-        wait = None
-        if not self._cancelled and not call.cancelled():
-            wait = self._attempts.after(settled(call))
-        if wait is None:
-            self._finish(call)
-        else:
-            self._schedule(wait, call)
-
-    def _schedule(self, wait: float, call: Any) -> None:
-        with self._cond:
-            if not self._cancelled:
-                # One scheduler thread runs every pending retry, in the caller's context.
-                self._timer = call_later(wait, functools.partial(self._context.run, self._next))
-                closing = self._attempts.closing
-                if closing is not None and self._unwatch is None:
-                    self._unwatch = closing.watch(self._on_close)
+        outcome = CancelledCall() if call.cancelled() else settled(call)
+        with self._lock:
+            if self._waiting is not call:
                 return
-        self._finish(CancelledCall() if call is None else call)
+            self._outcome = outcome
+        self._step(outcome, call)
 
     def _on_close(self) -> None:
-        """The channel closed: a pending wait ends now, with nothing more sent."""
-        with self._cond:
-            if self._final is not None or self._timer is None or self._timer.cancelled:
-                return  # an attempt is in flight: gRPC itself ends it
-            self._timer.cancel()
-        self._finish(Raised(self._attempts.end_closed()))
-
-    def _next(self) -> None:
-        with self._cond:
-            closing = self._attempts.closing
-            if self._cancelled or self._final is not None or (closing and closing.closed):
-                return  # cancelled, or closed (`_on_close` ends it)
-            more = self._attempts.recheck()  # the limiter cut since the permit: wait longer
-            if more:
-                self._timer = call_later(more, functools.partial(self._context.run, self._next))
-                return
-            self._timer = None
-            previous = self._call
-            self._attempts.resume()
-            try:
-                self._call = call = self._start(self._attempts.number)
-            except Exception as exc:  # e.g. the channel was closed during the wait
-                log.debug("a retry could not start; the last outcome stands", exc_info=True)
-                call = None
-                if previous is None:  # nothing was sent: the caller gets the error
-                    previous = Raised(exc)
-        if call is None:
-            self._finish(previous)
-        else:
-            call.add_done_callback(self._on_done)
+        """The channel closed: a pending wait ends now, with nothing more sent (an attempt in
+        flight: gRPC itself ends it)."""
+        waiting = self._waiting
+        if waiting is not None and waiting is not self._call:
+            self._step(closed(), waiting)
 
     def _finish(self, call: Any) -> None:
         with self._cond:
             if self._final is not None:
                 return
             self._final = call
+            self._waiting = None
             self._cond.notify_all()
             callbacks, self._callbacks = self._callbacks, []
             terminal, self._terminal = self._terminal, []
@@ -251,13 +281,16 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
     # grpc.Future
     def cancel(self) -> bool:
         """Cancel the attempt in flight, or the wait for the next one; no attempt follows."""
-        with self._cond:
+        with self._lock:
             if self._final is not None:
                 return False
             self._cancelled = True
-            timer, call = self._timer, self._call
+            waiting, call, timer = self._waiting, self._call, self._timer
+            self._waiting = self._timer = None
         if timer is not None:
             timer.cancel()
+        if waiting is not call:  # between attempts: the permit it held goes back
+            self._attempts.abandon()
         if call is None:  # still waiting for the first attempt's permit
             call = CancelledCall()
         call.cancel()
@@ -331,9 +364,6 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         return self._wait(None).trailing_metadata()
 
 
-_END = object()
-
-
 class Raised(grpc.Future, grpc.Call):  # type: ignore[misc]
     """A call that failed before anything was sent (a provider raised, bad metadata).
 
@@ -343,6 +373,10 @@ class Raised(grpc.Future, grpc.Call):  # type: ignore[misc]
 
     def __init__(self, error: Exception) -> None:
         self._error = error
+
+    @property
+    def _attempts(self) -> object:
+        return getattr(self._error, MARK, None)  # for call_outcome
 
     def result(self, timeout: float | None = None) -> Any:  # noqa: ARG002 (done already)
         raise self._error
@@ -401,13 +435,14 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
     status. Callbacks added before then are attached to the attempt that is kept.
     """
 
-    def __init__(self, attempts: Attempts, start: Start, first: Any) -> None:
+    def __init__(self, attempts: Attempts, start: Start, first: Any, flow: Flow) -> None:
         self._attempts = attempts
         self._start = start
+        self._flow = flow
         self._call = first
         self._committed = False
         self._cancelled = False
-        self._head: Any = _END
+        self._head: Any = END
         self._callbacks: list[Callable[[Any], None]] = []  # attached when the stream commits
         self._cond = threading.Condition()
 
@@ -418,8 +453,8 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
         if not self._committed:
             self._commit()
         head = self._head
-        if head is not _END:
-            self._head = _END
+        if head is not END:
+            self._head = END
             return head
         return next(self._call)
 
@@ -431,39 +466,31 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
             try:
                 outcome = next(self._call)
             except StopIteration:
-                outcome = _END
+                outcome = END
             except grpc.RpcError as exc:
                 outcome = exc
             if self._cancelled:  # cancelled before the first read: it ends cancelled, however
-                self._call = outcome = CancelledCall()  # the attempt itself ended
-                break
-            if outcome is _END:
-                break
-            wait = self._attempts.after(outcome)
-            if wait is None:
+                outcome = CancelledCall()  # the attempt itself ended
+            step = advance(self._attempts, self._flow, outcome, self._sleep)
+            if isinstance(step, Done):
+                if step.outcome is not outcome:  # the wait ended (cancelled, closed)
+                    self._call = outcome = step.outcome
                 break
             self._call.cancel()  # a retryable first message: that attempt is abandoned
-            if self._sleep(wait):
-                self._call = outcome = CancelledCall()
-                break
-            closing = self._attempts.closing
-            if closing is not None and closing.closed:
-                self._call = outcome = self._attempts.end_closed()
-                break
-            self._attempts.resume()
-            self._call = self._start(self._attempts.number)
+            self._call = self._start(step.number)
         self._committed = True
         for callback in self._callbacks:
             self._call.add_done_callback(callback)
         self._callbacks.clear()
         if isinstance(outcome, grpc.RpcError):
             raise outcome
-        if outcome is not _END:
+        if outcome is not END:
             self._head = outcome
 
-    def _sleep(self, seconds: float) -> bool:
-        """Wait before the next attempt; True if the stream was cancelled meanwhile. Its
-        channel's closing ends the wait too."""
+    def _sleep(self, seconds: float) -> CancelledCall | None:
+        """A `Wait` step: the attempt judged is abandoned; the wait ends early when the stream
+        is cancelled or its channel closes."""
+        self._call.cancel()
         closing = self._attempts.closing
         unwatch = None if closing is None else closing.watch(self._wake)
         try:
@@ -471,10 +498,12 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
                 self._cond.wait_for(
                     lambda: self._cancelled or bool(closing and closing.closed), seconds
                 )
-                return self._cancelled
         finally:
             if unwatch is not None:
                 unwatch()
+        if self._cancelled:
+            return CancelledCall()
+        return closed() if closing is not None and closing.closed else None
 
     def _wake(self) -> None:
         with self._cond:
@@ -529,7 +558,8 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
 
 
 def unary_response(attempts: Attempts, start: Start, blocking: bool = False) -> Any:
-    """Start a unary-response call: its first attempt's call if final, else a `RetryFuture`.
+    """Start a unary-response call: a `RetryFuture`, or for a ``blocking`` caller the final
+    call itself.
 
     A ``future()`` caller is never blocked: a first attempt the rate limiter paces starts on
     the scheduler's timer, retries too, and a refused one comes back as a done future holding
@@ -537,36 +567,15 @@ def unary_response(attempts: Attempts, start: Start, blocking: bool = False) -> 
     whose continuation blocks) waits and retries in its caller's own thread instead, so that
     nothing is sent once the caller is interrupted (Ctrl-C) and no thread is borrowed.
     """
+    if not blocking:
+        return RetryFuture(attempts, start)
     try:
-        pace = attempts.first()
+        call = drive(attempts, start, settled)
     except RateLimitedError as exc:
         return Raised(exc)
-    if blocking:
-        return _blocking(attempts, start, pace)
-    if pace:
-        return RetryFuture(attempts, start, None, pace)
-    first = start(1)
-    if first.done():
-        wait = attempts.after(settled(first))
-        return first if wait is None else RetryFuture(attempts, start, first, wait)
-    # Wrapped even when it cannot be retried: its done callbacks must run in their adder's
-    # context, and a throttle still teaches the limiter.
-    return RetryFuture(attempts, start, first, None)
-
-
-def _blocking(attempts: Attempts, start: Start, pace: float) -> Any:
-    """`unary_response` for a blocking caller: every wait and attempt in its thread."""
-    if pace and attempts.sleep(pace):
-        return Raised(attempts.end_closed())
-    call = start(1)
-    wait = attempts.after(settled(call))
-    while wait is not None:
-        if attempts.sleep(wait):
-            return Raised(attempts.end_closed())
-        attempts.resume()
-        call = start(attempts.number)
-        wait = attempts.after(settled(call))
-    return call if attempts.number == 1 else Retried(call, attempts)
+    if type(call) is CancelledCall:  # its channel closed while it waited
+        return Raised(call)
+    return call if attempts.sent == 1 else Retried(call, attempts)
 
 
 def response_stream(attempts: Attempts, start: Start) -> Any:
@@ -575,10 +584,11 @@ def response_stream(attempts: Attempts, start: Start) -> Any:
     Raises:
         RateLimitedError: The rate limiter refused the first attempt.
     """
-    pace = attempts.first()
-    if pace and attempts.sleep(pace):  # sync callers wait in their own thread
-        raise attempts.end_closed()
-    first = start(1)
+    flow = attempts.flow()
+    step = advance(attempts, flow, None)  # sync callers wait for the permit in their thread
+    if isinstance(step, Done):
+        raise step.outcome  # its channel closed while it waited
+    first = start(step.number)
     if attempts.policy.max_attempts == 1:
         return first
-    return RetryingStream(attempts, start, first)
+    return RetryingStream(attempts, start, first, flow)

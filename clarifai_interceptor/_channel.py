@@ -7,33 +7,22 @@ of copying the message), and every retry resends those bytes.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
+from ._attempts import delivered, drive, final_at_once, permit_bound
 from ._calls import Retried, response_stream, unary_response
-from ._closing import closed
-from ._context import OUTER, RETRY, CredentialsSource, below_us
+from ._context import RETRY, CredentialsSource, below_us, outer
 from ._core import DEFAULT_RETRY, Core
-from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, RateLimitedError
+from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._metadata import Pairs, for_attempt
+from ._policy import NO_RETRY, RetryPolicy, for_testing, time_left
 from ._request import byte_stream, to_bytes
-from ._retry import (
-    NO_RETRY,
-    RetryPolicy,
-    delivered,
-    final_at_once,
-    follow,
-    for_testing,
-    permit_bound,
-    run,
-    time_left,
-)
 from ._switch import TESTING
-from ._target import check as check_target
+from ._target import CHANNEL_OPTIONS, DEFAULT_TARGET, channel_options, resolve_target
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -45,17 +34,6 @@ __all__ = [
     "secure_channel",
     "wrap_channel",
 ]
-
-#: Where `secure_channel` connects when neither ``target`` nor ``CLARIFAI_GRPC_BASE`` says.
-DEFAULT_TARGET = "api.clarifai.com:443"
-#: Options every channel we build gets: Clarifai's message-size limits (as ``ClarifaiChannel``
-#: sets them), and no gRPC retries underneath ours, so that attempts never multiply.
-CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
-    ("grpc.max_send_message_length", 1024 * 1024 * 1024),
-    ("grpc.max_receive_message_length", 1024 * 1024 * 1024),
-    ("grpc.enable_retries", 0),
-)
-
 
 _NO_EXTRA: dict[str, Any] = {}
 
@@ -71,15 +49,11 @@ def _extra(credentials: Any, wait_for_ready: bool | None, compression: Any) -> d
     }
 
 
-def _same(outcome: object) -> object:
-    return outcome
-
-
 def _response_of(outcome: Any) -> object:
     return outcome if isinstance(outcome, grpc.RpcError) else outcome[0]
 
 
-_VIEWS = {"__call__": _same, "with_call": _response_of}
+_VIEWS = {"__call__": None, "with_call": _response_of}
 
 
 class _Callable:
@@ -122,7 +96,7 @@ class _Callable:
         kwargs: Any,
     ) -> Any:
         call = getattr(self._mc, how)
-        if OUTER.get():
+        if outer():
             return self._through(call, request, streaming, timeout, metadata, kwargs)
         pairs, requests, policy, limiter = self._begin(
             request, streaming, metadata, kwargs.get("credentials")
@@ -152,10 +126,10 @@ class _Callable:
             except grpc.RpcError as exc:
                 return exc
 
-        outcome = run(attempts, attempt, _VIEWS[how])
+        outcome = drive(attempts, attempt, _VIEWS[how])
         if isinstance(outcome, grpc.RpcError):
             raise outcome
-        if how == "with_call" and (attempts.number > 1 or attempts.cut_by):
+        if how == "with_call" and (attempts.sent > 1 or attempts.cut_by):
             response, last = outcome
             return response, Retried(last, attempts)
         return outcome
@@ -164,7 +138,7 @@ class _Callable:
         self, request: Any, streaming: bool, timeout: float | None, metadata: Any, kwargs: Any
     ) -> Any:
         mc = self._mc
-        if OUTER.get():
+        if outer():
             return self._through(mc, request, streaming, timeout, metadata, kwargs)
         pairs, requests, policy, limiter = self._begin(
             request, streaming, metadata, kwargs.get("credentials")
@@ -224,57 +198,51 @@ class _UnaryResponse(_Callable):
             and wait_for_ready is None
             and compression is None
             and not self._streaming
-            and not OUTER.get()
+            and not outer()
         ):
             return self._plain(request, timeout)
         extra = _extra(credentials, wait_for_ready, compression)
         return self._unary("__call__", request, self._streaming, timeout, metadata, extra)
 
     def _plain(self, request: Any, timeout: float | None) -> Any:
-        """The commonest call (a unary request, no metadata or options) in the fewest steps.
-
-        The same engine as `_unary`, without its generality: every service call pays for it.
-        """
+        """The commonest call (a unary request, no metadata or options) in the fewest steps:
+        sent at once when the limiter has a permit now, and answered if the first outcome is
+        final. Anything else (a wait for a permit, a retry) goes to the flow."""
         core = self._core
         credentials = core.credentials_now()
         pairs = credentials.metadata
         policy = RETRY.get() or self._policy
-        if TESTING.active:
+        testing = TESTING.active
+        if testing:
             policy = for_testing(policy)
         started = time.monotonic()
         deadline = policy.deadline(timeout)
         data = to_bytes(self._serialize, credentials, request)
         mc = self._mc
-        limiter = core.limiter(credentials)
+
+        def attempt(number: int) -> Any:
+            try:
+                return mc(data, timeout=time_left(deadline), metadata=for_attempt(pairs, number))
+            except grpc.RpcError as exc:
+                return exc
+
+        limiter = None if testing or core.closing.closed else core.limiter(credentials)
         permit = None
         if limiter is not None:  # dormant until the first throttle: then it paces
-            bound = permit_bound(deadline, core.limit_wait)
-            permit = limiter.acquire(0.0, bound)
-            if permit is None:
-                raise RateLimitedError(bound)
-            while permit.wait and not TESTING.active:
-                if core.closing.sleep(permit.wait):
-                    raise closed()  # the channel closed while the call waited for its permit
-                moved = limiter.recheck(permit, permit_bound(deadline, core.limit_wait))
-                if moved is permit:
-                    break
-                permit = moved  # the limiter cut its rate meanwhile: the new slot
+            permit = limiter.acquire(0.0, permit_bound(deadline, core.limit_wait))
+            if permit is None or permit.wait:  # refused, or a wait: the flow's
+                attempts = core.attempts(policy, self._method, deadline, limiter, permit, started)
+                outcome = drive(attempts, attempt)
+                if isinstance(outcome, grpc.RpcError):
+                    raise outcome
+                return outcome
         try:
             outcome = mc(data, timeout=time_left(deadline), metadata=pairs)
         except grpc.RpcError as exc:
             outcome = exc
-        bucket = core.bucket(policy)
-        if not final_at_once(policy, bucket, outcome):
+        if not final_at_once(policy, core.bucket(policy), outcome):
             attempts = core.attempts(policy, self._method, deadline, limiter, permit, started)
-
-            def attempt(number: int) -> Any:
-                try:
-                    metadata = for_attempt(pairs, number)
-                    return mc(data, timeout=time_left(deadline), metadata=metadata)
-                except grpc.RpcError as exc:
-                    return exc
-
-            outcome = follow(attempts, attempt, outcome, attempts.after(outcome))
+            outcome = drive(attempts, attempt, flow=attempts.flow(outcome))
         elif limiter is not None and permit is not None and delivered(limiter, outcome):
             limiter.feedback(permit, False)  # a success under an active limiter: delivered
         if isinstance(outcome, grpc.RpcError):
@@ -466,55 +434,6 @@ def wrap_channel(
     if not callable(getattr(channel, "unary_unary", None)):
         raise TypeError(f"wrap_channel takes a grpc.Channel, not {type(channel).__name__}")
     return _Channel(channel, Core(credentials, retry, rate_limit, "", policies))
-
-
-def resolve_target(target: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """``target``, else ``CLARIFAI_GRPC_BASE``, else `DEFAULT_TARGET`; port 443 if none given.
-
-    ``HOST``, ``HOST:PORT``, ``[IPV6]:PORT``, or a gRPC name as gRPC's naming doc gives them:
-    ``dns:[//AUTHORITY/]HOST[:PORT]``, ``unix:PATH``, ``unix:///ABSOLUTE_PATH``,
-    ``unix-abstract:NAME``, ``ipv4:ADDRESS[:PORT][,...]``, ``ipv6:[ADDRESS]:PORT[,...]``.
-
-    Raises:
-        ValueError: The target is empty, has an ``https://`` scheme, a path, whitespace, or a
-            port that is not a number from 1 to 65535; the message says which.
-    """
-    env = os.environ if environ is None else environ
-    if target is None:
-        from_env = env.get("CLARIFAI_GRPC_BASE")
-        if from_env:
-            return check_target(from_env, " from CLARIFAI_GRPC_BASE")
-        target = DEFAULT_TARGET
-    return check_target(target)
-
-
-def channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """`CHANNEL_OPTIONS` with the caller's ``options`` taking precedence.
-
-    ``options`` is a sequence of ``(name, value)`` pairs (a mapping also does); None means
-    none, as in gRPC.
-
-    Raises:
-        TypeError: ``options`` is a str, or not a sequence at all.
-        ValueError: An entry is not a ``(name, value)`` pair with a str name.
-    """
-    if options is None:
-        options = ()
-    elif isinstance(options, Mapping):
-        options = list(options.items())
-    elif isinstance(options, str | bytes) or not isinstance(options, Iterable):
-        raise TypeError(
-            "options must be a sequence of (name, value) pairs, such as "
-            f"[('grpc.enable_retries', 0)], not a {type(options).__name__}"
-        )
-    merged = dict(CHANNEL_OPTIONS)
-    for number, entry in enumerate(options):
-        if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)):
-            raise ValueError(
-                f"options entry {number} is not a (name, value) pair with a str name: {entry!r:.80}"
-            )
-        merged[entry[0]] = entry[1]
-    return list(merged.items())
 
 
 def secure_channel(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from ._credentials import Credentials
-from ._retry import NO_RETRY, RetryPolicy
+from ._policy import NO_RETRY, RetryPolicy
 
 __all__ = [
     "CREDENTIALS",
@@ -17,7 +19,9 @@ __all__ = [
     "RETRY",
     "CredentialsSource",
     "below_us",
+    "below_us_async",
     "check_source",
+    "outer",
     "use_credentials",
     "use_retry",
 ]
@@ -29,20 +33,64 @@ CREDENTIALS: ContextVar[CredentialsSource | None] = ContextVar(
     "clarifai_interceptor.credentials", default=None
 )
 RETRY: ContextVar[RetryPolicy | None] = ContextVar("clarifai_interceptor.retry", default=None)
-#: True while a layer of ours starts an attempt: a layer of ours below it (our interceptor
-#: under our channel, or the reverse) passes the call through as it comes, so that the outer
-#: layer alone authenticates, retries and paces it.
-OUTER: ContextVar[bool] = ContextVar("clarifai_interceptor.outer", default=False)
+#: The mark of a layer of ours starting an attempt (`below_us`): a layer of ours below it (our
+#: interceptor under our channel, or the reverse) passes that call through as it comes, so that
+#: the outer layer alone authenticates, retries and paces it. Read it with `outer`.
+OUTER: ContextVar[_Mark | None] = ContextVar("clarifai_interceptor.outer", default=None)
 
 _T = TypeVar("_T")
 
 
+class _Mark:
+    """Who is starting an attempt: a thread, and the asyncio task on it (or None), while it
+    does. gRPC copies the context into its own threads (which run done-callbacks for a
+    channel's life) and ``grpc.aio`` into callback contexts: there the mark is another
+    thread's or task's, or no longer live, and a call made there gets everything of ours."""
+
+    __slots__ = ("live", "task", "thread")
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.task = _task()
+        self.live = True
+
+
+def _task() -> object:
+    loop = asyncio._get_running_loop()  # noqa: SLF001 (asyncio's cheap "is there a loop")
+    return None if loop is None else asyncio.current_task(loop)
+
+
+def outer() -> bool:
+    """Whether a layer of ours is starting this very call, on this thread and task."""
+    mark = OUTER.get()
+    return (
+        mark is not None
+        and mark.live
+        and mark.thread == threading.get_ident()
+        and mark.task is _task()
+    )
+
+
 def below_us(start: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """``start(*args, **kwargs)`` with `OUTER` set: a layer of ours it reaches passes through."""
-    token = OUTER.set(True)
+    """``start(*args, **kwargs)`` marked: a layer of ours it reaches on this thread passes
+    the call through (and nothing else does: see `_Mark`)."""
+    mark = _Mark()
+    token = OUTER.set(mark)
     try:
         return start(*args, **kwargs)
     finally:
+        mark.live = False
+        OUTER.reset(token)
+
+
+async def below_us_async(start: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """`below_us` for ``grpc.aio``: marked while ``start(*args)`` is awaited in this task."""
+    mark = _Mark()
+    token = OUTER.set(mark)
+    try:
+        return await start(*args)
+    finally:
+        mark.live = False
         OUTER.reset(token)
 
 

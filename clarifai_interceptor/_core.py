@@ -6,6 +6,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._attempts import Attempts
+from ._budget import TokenBucket
 from ._closing import Closing
 from ._context import CREDENTIALS, RETRY, CredentialsSource, check_source
 from ._credentials import CREDENTIAL_KEYS, Credentials
@@ -13,7 +15,7 @@ from ._limiter import DEFAULT_RATE_LIMIT, Bucket, Permit, RateLimit, bucket_for
 from ._metadata import Pairs, merge
 from ._methods import Policies, default_rules
 from ._methods import check as check_policies
-from ._retry import NO_RETRY, Attempts, RetryBudget, RetryPolicy, TokenBucket, for_testing
+from ._policy import NO_RETRY, RetryBudget, RetryPolicy, for_testing
 from ._switch import TESTING
 from .exceptions import CredentialsProviderError
 

@@ -18,7 +18,7 @@ from ._channel import insecure_channel, secure_channel
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY
 from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
-from ._retry import RetryPolicy
+from ._policy import RetryPolicy
 
 __all__ = ["CLARIFAI_INSECURE_PORT", "clarifai_channel"]
 

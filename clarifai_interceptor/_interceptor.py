@@ -9,13 +9,13 @@ from typing import Any, NamedTuple
 import grpc
 
 from ._calls import Raised, response_stream, unary_response
-from ._context import OUTER, CredentialsSource, below_us
+from ._context import CredentialsSource, below_us, outer
 from ._core import DEFAULT_RETRY, Core
 from ._credentials import Credentials
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._metadata import for_attempt
+from ._policy import NO_RETRY, RetryPolicy, time_left
 from ._request import fill_copy, request_stream
-from ._retry import NO_RETRY, RetryPolicy, time_left
 
 __all__ = ["ClarifaiInterceptor"]
 
@@ -119,7 +119,7 @@ class ClarifaiInterceptor(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for unary-unary calls."""
-        if OUTER.get():  # a layer of ours above this one does it all
+        if outer():  # a layer of ours above this one does it all
             return continuation(client_call_details, request)
         try:
             details, credentials, limiter = self._prepare(client_call_details)
@@ -134,7 +134,7 @@ class ClarifaiInterceptor(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for unary-stream calls."""
-        if OUTER.get():
+        if outer():
             return continuation(client_call_details, request)
         details, credentials, limiter = self._prepare(client_call_details)
         request = fill_copy(credentials, request, snapshot=True)
@@ -144,7 +144,7 @@ class ClarifaiInterceptor(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for stream-unary calls."""
-        if OUTER.get():
+        if outer():
             return continuation(client_call_details, request_iterator)
         try:
             details, credentials, limiter = self._prepare(client_call_details)
@@ -160,7 +160,7 @@ class ClarifaiInterceptor(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         """Not part of the API: gRPC's hook for stream-stream calls."""
-        if OUTER.get():
+        if outer():
             return continuation(client_call_details, request_iterator)
         details, credentials, limiter = self._prepare(client_call_details)
         requests = request_stream(credentials, request_iterator, snapshot=True)

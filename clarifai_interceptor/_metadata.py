@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._credentials import CREDENTIAL_KEYS, Credentials
-from ._retry import ATTEMPT_HEADER
+from ._policy import ATTEMPT_HEADER
 from ._secret import CredentialPair, Pairs
 
 __all__ = ["Pairs", "for_attempt", "merge", "validate"]

@@ -18,7 +18,7 @@ import grpc
 from clarifai_grpc.grpc.api import service_pb2
 from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 
-from ._retry import (
+from ._policy import (
     DEFAULT_RETRYABLE_CODES,
     DEFAULT_RETRYABLE_STATUSES,
     RetryPolicy,

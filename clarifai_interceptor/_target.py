@@ -1,4 +1,5 @@
-"""Channel targets: ``HOST[:PORT]`` or a gRPC name (``dns:``, ``unix:``, ...), checked when built.
+"""Channel targets (``HOST[:PORT]`` or a gRPC name: ``dns:``, ``unix:``, ...), checked when built,
+and the options every channel of ours gets; shared by the sync and the aio builders.
 
 The accepted names are those of gRPC's naming doc (grpc/grpc ``doc/naming.md``): a target gRPC
 would only fail on at the first call (``localhost:abc``, after every retry) is refused here,
@@ -8,9 +9,29 @@ with a message naming the problem.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
-__all__ = ["SCHEMES", "check"]
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "DEFAULT_TARGET",
+    "SCHEMES",
+    "channel_options",
+    "check",
+    "resolve_target",
+]
+
+#: Where `secure_channel` connects when neither ``target`` nor ``CLARIFAI_GRPC_BASE`` says.
+DEFAULT_TARGET = "api.clarifai.com:443"
+#: Options every channel we build gets: Clarifai's message-size limits (as ``ClarifaiChannel``
+#: sets them), and no gRPC retries underneath ours, so that attempts never multiply.
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_send_message_length", 1024 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 1024 * 1024 * 1024),
+    ("grpc.enable_retries", 0),
+)
 
 #: The gRPC name schemes accepted (grpc/grpc doc/naming.md); anything else is HOST[:PORT].
 SCHEMES = ("dns", "unix", "unix-abstract", "ipv4", "ipv6")
@@ -153,3 +174,52 @@ _NAMED = {
     "ipv4": _ipv4_list,
     "ipv6": _ipv6_list,
 }
+
+
+def resolve_target(target: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``target``, else ``CLARIFAI_GRPC_BASE``, else `DEFAULT_TARGET`; port 443 if none given.
+
+    ``HOST``, ``HOST:PORT``, ``[IPV6]:PORT``, or a gRPC name as gRPC's naming doc gives them:
+    ``dns:[//AUTHORITY/]HOST[:PORT]``, ``unix:PATH``, ``unix:///ABSOLUTE_PATH``,
+    ``unix-abstract:NAME``, ``ipv4:ADDRESS[:PORT][,...]``, ``ipv6:[ADDRESS]:PORT[,...]``.
+
+    Raises:
+        ValueError: The target is empty, has an ``https://`` scheme, a path, whitespace, or a
+            port that is not a number from 1 to 65535; the message says which.
+    """
+    env = os.environ if environ is None else environ
+    if target is None:
+        from_env = env.get("CLARIFAI_GRPC_BASE")
+        if from_env:
+            return check(from_env, " from CLARIFAI_GRPC_BASE")
+        target = DEFAULT_TARGET
+    return check(target)
+
+
+def channel_options(options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """`CHANNEL_OPTIONS` with the caller's ``options`` taking precedence.
+
+    ``options`` is a sequence of ``(name, value)`` pairs (a mapping also does); None means
+    none, as in gRPC.
+
+    Raises:
+        TypeError: ``options`` is a str, or not a sequence at all.
+        ValueError: An entry is not a ``(name, value)`` pair with a str name.
+    """
+    if options is None:
+        options = ()
+    elif isinstance(options, Mapping):
+        options = list(options.items())
+    elif isinstance(options, str | bytes) or not isinstance(options, Iterable):
+        raise TypeError(
+            "options must be a sequence of (name, value) pairs, such as "
+            f"[('grpc.enable_retries', 0)], not a {type(options).__name__}"
+        )
+    merged = dict(CHANNEL_OPTIONS)
+    for number, entry in enumerate(options):
+        if not (isinstance(entry, tuple | list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ValueError(
+                f"options entry {number} is not a (name, value) pair with a str name: {entry!r:.80}"
+            )
+        merged[entry[0]] = entry[1]
+    return list(merged.items())

@@ -13,21 +13,21 @@ call) cancels the attempt in flight and ends the retrying.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
-from ._channel import channel_options, resolve_target
-from ._context import OUTER, CredentialsSource
+from ._attempts import END, Attempts, Send, advance_async
+from ._context import CredentialsSource, below_us_async, outer
 from ._core import DEFAULT_RETRY, Core
 from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._metadata import for_attempt
+from ._policy import NO_RETRY, RetryPolicy, time_left
 from ._request import fill_copy, request_stream
-from ._retry import NO_RETRY, Attempts, RetryPolicy, time_left
 from ._secret import SafeMetadata
+from ._target import channel_options, resolve_target
 
 __all__ = [
     "StreamStreamInterceptor",
@@ -41,23 +41,14 @@ __all__ = [
 
 _Start = Callable[[int, float | None], Awaitable[Any]]  # (attempt, timeout) -> the attempt's call
 _I = TypeVar("_I", bound="_Interceptor")
-_END = object()
-
-
-async def _pause(attempts: Attempts, seconds: float) -> None:
-    """Wait ``seconds`` before an attempt, and as long more as the limiter's `recheck` says
-    (a cut since the permit laid its queue anew)."""
-    while seconds > 0:
-        await asyncio.sleep(seconds)
-        seconds = await attempts.recheck_async()
 
 
 async def _first(messages: AsyncIterator[Any]) -> object:
-    """A response stream's first outcome: a message, an RpcError, or `_END`."""
+    """A response stream's first outcome: a message, an RpcError, or `END`."""
     try:
         return await messages.__anext__()
     except StopAsyncIteration:
-        return _END
+        return END
     except grpc.RpcError as exc:
         return exc
 
@@ -100,53 +91,45 @@ class _Interceptor:
 
         async def start(number: int, timeout: float | None) -> Any:
             sent = SafeMetadata(*for_attempt(pairs, number))  # its repr redacts credentials
-            token = OUTER.set(True)  # an interceptor of ours further down passes through
-            try:
-                return await continuation(
-                    grpc.aio.ClientCallDetails(
-                        details.method, timeout, sent, details.credentials, details.wait_for_ready
-                    ),
-                    requests(),
-                )
-            finally:
-                OUTER.reset(token)
+            call_details = grpc.aio.ClientCallDetails(
+                details.method, timeout, sent, details.credentials, details.wait_for_ready
+            )
+            # An interceptor of ours further down passes it through.
+            return await below_us_async(continuation, call_details, requests())
 
         return start, policy, limiter
 
     async def _unary(self, continuation: Any, details: Any, request: Any, streaming: bool) -> Any:
-        if OUTER.get():  # an interceptor of ours above this one does it all
+        if outer():  # an interceptor of ours above this one does it all
             return await continuation(details, request)
         start, policy, limiter = self._prepare(continuation, details, request, streaming)
         deadline = policy.deadline(details.timeout)
         attempts = self._core.attempts(policy, details.method, deadline, limiter)
-        pace = await attempts.first_async()
-        await _pause(attempts, pace)
-        call = await start(1, time_left(deadline))
-        if policy.max_attempts == 1 and (limiter is None or streaming):
-            return call  # nothing to judge: the caller awaits (or writes to) grpc's own call
+        flow = attempts.flow()
+        call = None
         try:
-            while True:
+            step = await advance_async(attempts, flow, None)
+            while isinstance(step, Send):
+                call = await start(step.number, time_left(deadline))
+                if policy.max_attempts == 1 and (attempts.limiter is None or streaming):
+                    return call  # nothing to judge: the caller awaits (or writes to) gRPC's call
                 try:  # the attempt's outcome, as the policy judges it
                     outcome = await call
                 except grpc.RpcError as exc:
                     outcome = exc
-                wait = await attempts.after_async(outcome)
-                if wait is None:
-                    break
-                await _pause(attempts, wait)
-                attempts.resume()
-                call = await start(attempts.number, time_left(deadline))
+                step = await advance_async(attempts, flow, outcome)
         except BaseException:
-            call.cancel()  # cancelled mid-attempt or mid-wait: no attempt follows
+            if call is not None:
+                call.cancel()  # cancelled mid-attempt or mid-wait: no attempt follows
             raise
-        if isinstance(outcome, grpc.RpcError):
-            raise outcome  # the very error of the last attempt
+        if isinstance(step.outcome, grpc.RpcError):
+            raise step.outcome  # the very error of the last attempt
         return call
 
     async def _stream(
         self, continuation: Any, details: Any, request: Any, streaming: bool, kept: type[_Kept]
     ) -> Any:
-        if OUTER.get():
+        if outer():
             return await continuation(details, request)
         start, policy, limiter = self._prepare(continuation, details, request, streaming)
         # A response stream may rightly outlast the policy's timeout: that bounds the retrying,
@@ -155,24 +138,30 @@ class _Interceptor:
         call_deadline = None if timeout is None else time.monotonic() + timeout
         deadline = policy.deadline(timeout)
         attempts = self._core.attempts(policy, details.method, deadline, limiter)
-        pace = await attempts.first_async()
-        await _pause(attempts, pace)
-        call = await start(1, time_left(call_deadline))
-        if policy.max_attempts == 1:
-            return call
+        flow = attempts.flow()
+        call: Any = None
+        head: object = END
+
+        def abandon() -> None:  # an error or a retryable first message: that attempt is over
+            call.cancel()
+
         try:
-            while True:
+            step = await advance_async(attempts, flow, None)
+            while isinstance(step, Send):
+                if call is not None:
+                    call.cancel()
+                call = await start(step.number, time_left(call_deadline))
+                if policy.max_attempts == 1:
+                    return call
                 messages = call.__aiter__()
                 head = await _first(messages)
-                if head is _END or (wait := await attempts.after_async(head)) is None:
-                    break
-                call.cancel()  # an error or a retryable first message: that attempt is over
-                await _pause(attempts, wait)
-                attempts.resume()
-                call = await start(attempts.number, time_left(call_deadline))
+                step = await advance_async(attempts, flow, head, abandon)
         except BaseException:
-            call.cancel()
+            if call is not None:
+                call.cancel()
             raise
+        if step.outcome is not head:  # the flow ended it between attempts
+            raise step.outcome
         return kept(call, messages, head, attempts)
 
 
@@ -246,8 +235,8 @@ class _Kept:
         self._attempts = attempts  # for call_outcome()
 
     async def read(self) -> Any:
-        head, self._head = self._head, _END
-        if head is _END:
+        head, self._head = self._head, END
+        if head is END:
             try:
                 return await self._messages.__anext__()
             except StopAsyncIteration:

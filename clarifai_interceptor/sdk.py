@@ -55,7 +55,7 @@ from ._channel import wrap_channel as _wrap_channel
 from ._core import DEFAULT_RETRY
 from ._credentials import AUTHORIZATION, SESSION_TOKEN, Credentials
 from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
-from ._retry import RetryPolicy
+from ._policy import RetryPolicy
 
 __all__ = [
     "PATCHED",

@@ -22,6 +22,7 @@ from clarifai_interceptor import (
     _limiter,
     wrap_channel,
 )
+from clarifai_interceptor._attempts import Ask, Attempts, Flow, Send, Wait
 from clarifai_interceptor._context import CREDENTIALS, RETRY
 from clarifai_interceptor.testing import FakeClarifai
 
@@ -147,3 +148,43 @@ def tls_fake(authority: trustme.CA) -> Iterator[FakeClarifai]:
 def localhost(fake: FakeClarifai) -> str:
     """The fake's target under the name its certificate is for."""
     return "localhost:" + fake.target.rsplit(":", 1)[1]
+
+
+class Judge:
+    """Feeds outcomes to one call's flow as a driver would, without I/O: `after` gives the
+    seconds it waits before the next attempt (0 for none), or None when the outcome is final.
+    Limiter steps are answered by the call's own bucket, in this thread."""
+
+    def __init__(self, attempts: Attempts) -> None:
+        self.attempts = attempts
+        self._flow: Flow | None = None
+
+    def first(self) -> float:
+        """Start the flow: the seconds it waits before the first attempt (the limiter's)."""
+        self._flow = self.attempts.flow()
+        return self._until_send(None)
+
+    def after(self, outcome: object) -> float | None:
+        if self._flow is None:
+            self._flow = self.attempts.flow(outcome)
+            value: object = None
+            first = True
+        else:
+            value, first = outcome, False
+        try:
+            return self._until_send(None if first else value, prime=first)
+        except StopIteration:
+            return None
+
+    def _until_send(self, value: object, *, prime: bool = False) -> float:
+        assert self._flow is not None
+        waited = 0.0
+        step = next(self._flow) if prime else self._flow.send(value)
+        while not isinstance(step, Send):
+            if isinstance(step, Ask):
+                step = self._flow.send(self.attempts.ask(step))
+            else:
+                assert isinstance(step, Wait)
+                waited += step.seconds
+                step = self._flow.send(None)
+        return waited

@@ -6,9 +6,11 @@ import threading
 import time
 
 import grpc
+import pytest
 
+from clarifai_interceptor import RetryPolicy
+from clarifai_interceptor._attempts import Attempts, Wait
 from clarifai_interceptor._closing import CLOSED_DETAILS, CancelledCall, Closing, closed
-from clarifai_interceptor._retry import Attempts, RetryPolicy
 
 T = 10
 
@@ -47,15 +49,32 @@ def test_watchers_are_woken_once_and_unwatched_ones_never() -> None:
     assert seen == ["a", "late"]
 
 
+class _Unavailable(grpc.RpcError):  # type: ignore[misc]
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+
+UNAVAILABLE = _Unavailable()
+
+
 def test_a_call_ended_by_a_close_is_cancelled_and_counts_only_the_attempts_sent() -> None:
     error = closed()
     assert isinstance(error, CancelledCall)
     assert isinstance(error, grpc.RpcError)
     assert (error.code(), error.details()) == (grpc.StatusCode.CANCELLED, CLOSED_DETAILS)
     closing = Closing()
-    attempts = Attempts(RetryPolicy(), "M", None, closing=closing)
-    attempts.number = 3  # two attempts failed; the third was waited for
+    attempts = Attempts(RetryPolicy(jitter=0), "M", None, closing=closing)
+    flow = attempts.flow(UNAVAILABLE)  # the first attempt failed; the second is waited for
+    wait = next(flow)
+    assert isinstance(wait, Wait)
     closing.close()
-    assert attempts.sleep(5) is True
-    assert attempts.end_closed().details() == CLOSED_DETAILS
-    assert attempts.number == 2
+    ended = attempts.sleep(wait.seconds)
+    assert ended is not None
+    assert ended.details() == CLOSED_DETAILS
+    with pytest.raises(StopIteration) as stop:
+        flow.send(ended)
+    assert stop.value.value is ended
+    assert (attempts.number, attempts.sent) == (1, 1)

@@ -38,14 +38,15 @@ import clarifai_interceptor.testing
 from clarifai_interceptor import (
     DEFAULT_RATE_LIMIT,
     ClarifaiInterceptor,
+    RetryBudget,
     RetryPolicy,
     _limiter,
     _switch,
     aio,
     insecure_channel,
 )
+from clarifai_interceptor._budget import TokenBucket
 from clarifai_interceptor._limiter import RateLimit
-from clarifai_interceptor._retry import RetryBudget, TokenBucket
 from clarifai_interceptor._switch import TESTING, set_testing
 from clarifai_interceptor.instrumentation import (
     CallSummary,

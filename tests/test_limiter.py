@@ -19,7 +19,7 @@ import grpc
 import pytest
 from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
 from clarifai_grpc.grpc.api.status import status_code_pb2 as sc
-from conftest import FAST, PAT_CREDS, T
+from conftest import FAST, PAT_CREDS, Judge, T
 
 import clarifai_interceptor.aio as cia
 from clarifai_interceptor import (
@@ -36,6 +36,7 @@ from clarifai_interceptor import (
     use_credentials,
     wrap_channel,
 )
+from clarifai_interceptor._attempts import Attempts
 from clarifai_interceptor._limiter import (
     _DOUBLING,
     _FIRST,
@@ -54,7 +55,6 @@ from clarifai_interceptor._limiter import (
     identity,
     start_rate,
 )
-from clarifai_interceptor._retry import Attempts
 from clarifai_interceptor.testing import Fail, FakeClarifai, Reply
 
 METHOD = "ListModels"
@@ -661,8 +661,9 @@ def test_a_refused_retry_ends_the_call_with_its_last_outcome() -> None:
     clock = Clock()
     bucket = LocalBucket(RateLimit(per_second=1), clock)
     attempts = Attempts(FAST, "M", None, None, bucket, None, 0.0)
-    assert attempts.first() == 0
-    assert attempts.after(throttled()) is None  # the retry's permit is a second away
+    judge = Judge(attempts)
+    assert judge.first() == 0
+    assert judge.after(throttled()) is None  # the retry's permit is a second away
     assert attempts.cut_by == "limiter"
     assert attempts.number == 1
 

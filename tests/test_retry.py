@@ -11,6 +11,7 @@ import grpc
 import pytest
 from clarifai_grpc.grpc.api import service_pb2
 from clarifai_grpc.grpc.api.status import status_code_pb2 as sc
+from conftest import Judge
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,15 +24,10 @@ from clarifai_interceptor import (
     RetryBudget,
     RetryPolicy,
 )
-from clarifai_interceptor._retry import (
-    Attempts,
-    TokenBucket,
-    describe,
-    final_at_once,
-    pushback,
-    run,
-    time_left,
-)
+from clarifai_interceptor._attempts import Attempts, final_at_once
+from clarifai_interceptor._attempts import drive as run
+from clarifai_interceptor._budget import TokenBucket
+from clarifai_interceptor._policy import describe, pushback, time_left
 
 FAST = RetryPolicy(initial_backoff=0, throttle_backoff=0, jitter=0, budget=None)
 
@@ -197,9 +193,10 @@ def test_deadline_is_the_sooner_of_total_timeout_and_call() -> None:
 def test_the_retry_window_stops_new_attempts_but_cuts_none() -> None:
     attempts = Attempts(RetryPolicy(timeout=0.05, initial_backoff=0, jitter=0), "M", None)
     assert attempts.deadline is None
-    assert attempts.after(UNAVAILABLE) == 0  # inside the window: retried
+    judge = Judge(attempts)
+    assert judge.after(UNAVAILABLE) == 0  # inside the window: retried
     time.sleep(0.06)
-    assert attempts.after(UNAVAILABLE) is None  # past it: the last outcome is final
+    assert judge.after(UNAVAILABLE) is None  # past it: the last outcome is final
     assert attempts.cut_by == "deadline"
     assert time_left(None) is None
     assert time_left(time.monotonic() - 5) == 0.0
@@ -282,14 +279,15 @@ def test_pushback_sets_the_wait_and_negative_stops() -> None:
     waits: list[float] = []
     policy = RetryPolicy(initial_backoff=0.001, throttle_backoff=0.001, jitter=0, budget=None)
     attempts = Attempts(policy, "M", None)
+    judge = Judge(attempts)
     waits.append(
-        attempts.after(Failure(grpc.StatusCode.UNAVAILABLE, (("grpc-retry-pushback-ms", "7"),)))
-        or -1
+        judge.after(Failure(grpc.StatusCode.UNAVAILABLE, (("grpc-retry-pushback-ms", "7"),))) or -1
     )
     assert waits == [0.007]
     assert attempts.number == 2
     stop = Failure(grpc.StatusCode.UNAVAILABLE, (("grpc-retry-pushback-ms", "-5"),))
-    assert attempts.after(stop) is None
+    assert judge.after(stop) is None
+    assert attempts.cut_by == "pushback"
 
 
 def test_budget_bucket_arithmetic() -> None:
@@ -349,7 +347,7 @@ def test_final_at_once_agrees_with_attempts(
         bucket.tokens = tokens
     if final_at_once(policy, bucket, outcome):
         before = None if bucket is None else bucket.tokens
-        assert Attempts(policy, "M", None, bucket).after(outcome) is None
+        assert Judge(Attempts(policy, "M", None, bucket)).after(outcome) is None
         assert (None if bucket is None else bucket.tokens) == before
     else:
         # A throttle goes to Attempts even with one attempt: it teaches the rate limiter.

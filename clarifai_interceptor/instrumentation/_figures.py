@@ -30,7 +30,7 @@ def method_attribute(method: str) -> str:
 def budget_tokens() -> dict[str, float]:
     """The tokens left in the retry budgets, per target: the emptiest bucket of each (several
     channels to one target each have one; the emptiest is the one holding retries back)."""
-    from .._retry import token_buckets  # noqa: PLC0415 (the engine imports this package)
+    from .._budget import token_buckets  # noqa: PLC0415 (the engine imports this package)
 
     found: dict[str, float] = {}
     for bucket in token_buckets():
