@@ -59,9 +59,8 @@ from ._policy import (
     RetryBudget,
     RetryPolicy,
 )
+from ._version import __version__
 from .exceptions import CredentialsProviderError, MissingCredentialsError, NoUserIdWarning
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_RATE_LIMIT",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 
+from .._budget import token_buckets
+from .._limiter import buckets
+
 __all__ = [
     "DELAY_BUCKETS",
     "RETRIES_BUCKETS",
@@ -30,7 +33,6 @@ def method_attribute(method: str) -> str:
 def budget_tokens() -> dict[str, float]:
     """The tokens left in the retry budgets, per target: the emptiest bucket of each (several
     channels to one target each have one; the emptiest is the one holding retries back)."""
-    from .._budget import token_buckets  # noqa: PLC0415 (the engine imports this package)
 
     found: dict[str, float] = {}
     for bucket in token_buckets():
@@ -44,8 +46,6 @@ def budget_tokens() -> dict[str, float]:
 def limiter_rates() -> dict[str, float]:
     """The rate each active rate-limit bucket paces to (attempts per second), per key digest;
     dormant buckets are left out. The slowest when one key has several limits."""
-    from .._limiter import buckets  # noqa: PLC0415 (the engine imports this package)
-
     found: dict[str, float] = {}
     for key, bucket in buckets():
         rate = None

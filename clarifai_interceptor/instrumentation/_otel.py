@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._version import __version__
 from ._data import CallSummary, RetryDetails
 from ._figures import (
     DELAY_BUCKETS,
@@ -74,8 +75,6 @@ class OpenTelemetryInstruments:
 
     def __init__(self, meter_provider: MeterProvider | None = None, *, span_events: bool = True):
         from opentelemetry import metrics, trace  # noqa: PLC0415 (an optional dependency)
-
-        from .. import __version__  # noqa: PLC0415 (the package imports this module)
 
         meter = metrics.get_meter(_SCOPE, __version__, meter_provider=meter_provider)
         self._trace = trace
