@@ -47,7 +47,7 @@ from ._context import use_credentials, use_retry
 from ._credentials import MAX_SECRET_LENGTH, Credentials, Secret
 from ._grpc_channel import clarifai_channel
 from ._interceptor import ClarifaiInterceptor
-from ._limiter import DEFAULT_RATE_LIMIT, RateLimit, RateLimitedError
+from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
 from ._methods import READ_PATTERNS, READ_RETRY, WRITE_RETRY
 from ._retry import (
     DEFAULT_RETRYABLE_CODES,
@@ -59,7 +59,12 @@ from ._retry import (
     RetryBudget,
     RetryPolicy,
 )
-from .exceptions import CredentialsProviderError, MissingCredentialsError, NoUserIdWarning
+from .exceptions import (
+    CredentialsProviderError,
+    MissingCredentialsError,
+    NoUserIdWarning,
+    RateLimitedError,
+)
 
 __version__ = "0.1.0"
 

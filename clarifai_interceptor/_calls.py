@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 import grpc
 
 from ._closing import CancelledCall
-from ._limiter import RateLimitedError
 from ._retry import Attempts, time_left
 from ._scheduler import Handle, call_later
+from .exceptions import RateLimitedError
 
 __all__ = [
     "CallOutcome",

@@ -18,7 +18,7 @@ from ._calls import Retried, response_stream, unary_response
 from ._closing import closed
 from ._context import OUTER, RETRY, CredentialsSource, below_us
 from ._core import DEFAULT_RETRY, Core
-from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit, RateLimitedError
+from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._metadata import Pairs, for_attempt
 from ._request import byte_stream, to_bytes
 from ._retry import (
@@ -34,6 +34,7 @@ from ._retry import (
 )
 from ._switch import TESTING
 from ._target import check as check_target
+from .exceptions import RateLimitedError
 
 __all__ = [
     "CHANNEL_OPTIONS",

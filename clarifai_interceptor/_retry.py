@@ -24,8 +24,9 @@ import tenacity as _t
 from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 
 from ._closing import CancelledCall, Closing, closed
-from ._limiter import Bucket, Permit, RateLimitedError
+from ._limiter import Bucket, Permit
 from ._switch import TESTING
+from .exceptions import RateLimitedError
 from .instrumentation import _hooks
 from .instrumentation._data import CallSummary, RetryDetails
 
