@@ -47,7 +47,7 @@ from ._context import use_credentials, use_retry
 from ._credentials import MAX_SECRET_LENGTH, Credentials, Secret
 from ._grpc_channel import clarifai_channel
 from ._interceptor import ClarifaiInterceptor
-from ._limiter import DEFAULT_RATE_LIMIT, RateLimit, RateLimitedError
+from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
 from ._methods import READ_PATTERNS, READ_RETRY, WRITE_RETRY
 from ._policy import (
     DEFAULT_RETRYABLE_CODES,
@@ -60,7 +60,12 @@ from ._policy import (
     RetryPolicy,
 )
 from ._version import __version__
-from .exceptions import CredentialsProviderError, MissingCredentialsError, NoUserIdWarning
+from .exceptions import (
+    CredentialsProviderError,
+    MissingCredentialsError,
+    NoUserIdWarning,
+    RateLimitedError,
+)
 
 __all__ = [
     "DEFAULT_RATE_LIMIT",

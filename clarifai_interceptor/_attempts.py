@@ -33,9 +33,10 @@ from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 
 from ._budget import TokenBucket
 from ._closing import CancelledCall, Closing, closed
-from ._limiter import Bucket, Permit, RateLimitedError
+from ._limiter import Bucket, Permit
 from ._policy import RetryPolicy, describe, for_testing, pushback, time_left
 from ._switch import TESTING
+from .exceptions import RateLimitedError
 from .instrumentation import _hooks
 from .instrumentation._data import CallSummary, CutBy, Reason, RetryDetails
 

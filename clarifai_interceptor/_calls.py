@@ -21,7 +21,7 @@ import grpc
 from ._attempts import END, MARK, Attempts, Done, Flow, advance, drive
 from ._closing import CancelledCall, closed
 from ._future import Raised, RetryFuture, settled
-from ._limiter import RateLimitedError
+from .exceptions import RateLimitedError
 
 __all__ = [
     "CallOutcome",

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from ._limiter import EndedCall
+from .exceptions import EndedCall
 
 __all__ = ["CLOSED_DETAILS", "CancelledCall", "Closing"]
 

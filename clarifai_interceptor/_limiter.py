@@ -24,8 +24,10 @@ rate, in the order the old slots come due, and a permit given after the cut queu
 many slots as were reserved: a queue reserved at the old rate never goes at it, and first
 come is still first served. A retry whose
 backoff ends past the queue books its own slot then instead of pushing the queue back, and a
-rising rate re-bases the slots reserved at the lower one. The maths are here, pure functions
-of time and state, mirrored line by line in ``_redis_limiter.lua``.
+rising rate re-bases the slots reserved at the lower one. A permit that is never used (its
+call ended while it waited: cancelled, closed, past its deadline) gives its slot back
+(`LocalBucket.release`), so that no caller waits behind the slots of callers gone. The maths
+are here, pure functions of time and state, mirrored line by line in ``_redis_limiter.lua``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-import grpc
+from .exceptions import EndedCall, RateLimitedError
 
 __all__ = [
     "BETA",
@@ -75,6 +77,8 @@ HALF = 0.5
 #: Before the first measured cut the rate doubles every `_DOUBLING` seconds (a slow start).
 _DOUBLING = 1.0
 _LATER = 256  # slots booked past the queue kept at most (then they join the queue)
+_FREE = 256  # slots given back inside the queue kept at most (then a release gives none back)
+_SAME = 1e-3  # slots closer than this fraction of an interval are one slot (float rounding)
 _FIRST = 0.25  # the shortest window the first estimate of the send rate divides by
 _ROUND = 0.25  # the shortest round between cuts, and window of the delivered rate
 _SPAN = 2.0  # the longest window of the delivered rate: growth from below would undercount
@@ -194,6 +198,14 @@ class Bucket(Protocol):
     async def feedback_async(self, permit: Permit, throttled: bool) -> None:
         """`feedback` for ``grpc.aio`` callers."""
 
+    def release(self, permit: Permit) -> None:
+        """Give back the slot of a permit that was never used: nothing was sent under it (its
+        call ended while it waited). Never raises; does nothing for a permit already due, of
+        a dormant bucket, or given before the last cut."""
+
+    async def release_async(self, permit: Permit) -> None:
+        """`release` for ``grpc.aio`` callers: never blocks the event loop."""
+
     def rate(self) -> float | None:
         """The rate paced to now, in attempts per second; None while dormant."""
 
@@ -236,50 +248,6 @@ def first_free(booked: list[float], earliest: float, interval: float) -> float:
     return at
 
 
-class EndedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
-    """An outcome of ours for a call with no attempt in flight: a finished ``grpc.Call`` with
-    no metadata (its subclasses say which code and why)."""
-
-    def initial_metadata(self) -> tuple[()]:
-        return ()
-
-    def trailing_metadata(self) -> tuple[()]:
-        return ()
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> None:
-        return None
-
-    def cancel(self) -> bool:
-        return False
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:  # noqa: ARG002 (never runs)
-        return False
-
-    def __str__(self) -> str:
-        return f"<{type(self).__name__} {self.code()}: {self.details()}>"
-
-
-class RateLimitedError(EndedCall):
-    """The client-side rate limiter refused a call: no permit within the wait allowed.
-
-    A ``grpc.RpcError`` with code ``RESOURCE_EXHAUSTED``, so ``except grpc.RpcError`` keeps
-    working; nothing was sent for the attempt it refused.
-    """
-
-    def __init__(self, wait: float | None) -> None:
-        self._wait = wait
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def details(self) -> str:
-        bound = "" if self._wait is None else f" within {self._wait:.3f} s"
-        return f"the client-side rate limiter refused the call: no permit{bound} (nothing sent)"
-
-
 class LocalBucket:
     """A `Bucket` in this process: GCRA reservations at the current rate, which follows the
     rate the server delivers (see the module's docstring)."""
@@ -288,6 +256,7 @@ class LocalBucket:
         "_count",
         "_cut_at",
         "_delivered",
+        "_free",
         "_last",
         "_later",
         "_lock",
@@ -326,6 +295,7 @@ class LocalBucket:
         self._delivered = -1.0  # successes per second between the last two such throttles
         self._tat = clock()  # GCRA's theoretical arrival time of the next permit
         self._later: list[float] = []  # slots booked past `_tat` by retries, in order
+        self._free: list[float] = []  # slots given back inside the queue (`release`), in order
         self._redo = 0.0  # after a cut: the next slot for a permit given before it
         self._paced = self._rate  # the rate `_tat` was laid out at
         self._since = self._last = self._tat  # start of the send-rate window, last send
@@ -478,13 +448,16 @@ class LocalBucket:
         """After a cut (lock held): nothing stays reserved at the old rate. Every permit given
         before it asks again at the end of its wait (`recheck`) and gets the next slot at the
         new rate from now (`_redo`), in the order the old slots come due; a permit given
-        after it queues behind as many slots as were reserved (first come, first served)."""
+        after it queues behind as many slots as were reserved (first come, first served), less
+        the slots given back (`release`): nobody will come for them."""
         ahead = max(0.0, self._tat - now) * self._paced + sum(s > now for s in self._later)
+        ahead = max(0.0, ahead - sum(s > now for s in self._free))
         rate = self._current(now)
         self._redo = now
         self._tat = now + ahead / rate
         self._paced = rate
         self._later.clear()
+        self._free.clear()
 
     def recheck(self, permit: Permit, max_wait: float | None) -> Permit:
         if permit.round == self._round or permit.at <= self._cut_at:
@@ -501,6 +474,80 @@ class LocalBucket:
             self._count_send(now)
             return Permit(at - now, self._round, at)
 
+    def release(self, permit: Permit) -> None:
+        """Give back the slot of ``permit``, never used (nothing was sent under it).
+
+        * Dormant, or the `GO` permit: nothing was reserved; nothing to do (and no lock).
+        * Its slot is due (``permit.at`` is now or past): it was used, or is about to be.
+        * Given before the last cut (``permit.round`` is not the bucket's): the cut laid the
+          queue out anew, and which slot of it this permit would have had is not known (the
+          waiters take them in the order they come back): nothing changes. Its slot of the
+          new layout stays empty; the queue passes it in one interval.
+        * A retry's slot booked past the queue: unbooked.
+        * The last slot of the queue: the queue ends one interval sooner (at the paced rate,
+          never before now), and again for each slot given back just before it.
+        * A slot inside the queue: kept as free (at most `_FREE` of them), and given back when
+          the queue's end reaches it (every permit after it given back too), or at the next
+          cut (the waiters left are laid out without it).
+        * Any other slot (past the queue's last, as laid out before the rate rose; or given
+          back already): nothing.
+
+        When a slot is unbooked, given back or kept as free, the send counted for the permit
+        in the send-rate estimate is taken back too, if it was counted in the current window.
+
+        Why the limit still holds (at most ``rate * window + burst`` sends in any window):
+        the queue's last permit has the slot ``_tat - burst / rate`` (the next permit would
+        take the one after it). Giving that one back restores ``_tat`` to what it was before
+        the permit was given (or to a later time): the state as if it had never been asked
+        for, from which the permits that follow get the slots that permit and its followers
+        would have had. The sends are then some of those of a schedule the limiter could
+        have made without it. A slot inside the queue cannot be given back that way: the
+        permits after it keep their slots, one interval apart, and a new caller let in one
+        interval sooner would be one send too many in a window that starts after the free
+        slot (with ``burst=1``: two sends in one interval). So a free slot is given back only
+        once no permit after it is left, when it is the last one; and a retry's booked slot
+        stands apart from the queue: unbooking it leaves the state as if it had never been
+        booked. Slots are matched to a thousandth of an interval (`_SAME`); one not found
+        (beyond a float's precision, or laid out at another rate) gives nothing back: a
+        release may waste a slot, never grant one too many.
+        """
+        if not self.active or permit == GO:
+            return  # dormant: nothing was reserved (and this path takes no lock)
+        with self._lock:
+            self._release(self._now(), permit)
+
+    def _release(self, now: float, permit: Permit) -> None:
+        """`release`, active, at ``now`` (lock held)."""
+        at = permit.at
+        if at <= now or permit.round != self._round:
+            return  # used (or about to be); or a cut since laid the queue out anew
+        interval = 1.0 / self._paced
+        end = self._tat - self.limit.burst * interval  # the slot of the queue's last permit
+        near = interval * _SAME
+        later, free = self._later, self._free
+        if at in later:  # a retry's booked slot: unbooked
+            later.remove(at)
+        elif abs(at - end) <= near:  # the last slot: the queue ends one interval sooner...
+            tat = self._tat - interval
+            while free:  # ...and one more for each free slot it now ends on
+                found = bisect.bisect_left(free, tat - self.limit.burst * interval - near)
+                if found == len(free) or free[found] > tat - self.limit.burst * interval + near:
+                    break
+                del free[found]
+                tat -= interval
+            self._tat = max(now, tat)
+        elif at < end - near:  # inside the queue: free until the end reaches it
+            passed = bisect.bisect_right(free, now)  # no one can take those now
+            found = bisect.bisect_left(free, at)
+            if len(free) - passed >= _FREE or (found < len(free) and free[found] == at):
+                return  # full, or given back already
+            free.insert(found, at)
+            del free[:passed]
+        else:
+            return  # past the end of the queue (a layout before a rise): nothing to give
+        if self._count > 0 and at - permit.wait >= self._since:
+            self._count -= 1  # counted in this window (given at `at - wait`): never sent
+
     async def acquire_async(self, not_before: float, max_wait: float | None) -> Permit | None:
         return self.acquire(not_before, max_wait)
 
@@ -509,6 +556,9 @@ class LocalBucket:
 
     async def recheck_async(self, permit: Permit, max_wait: float | None) -> Permit:
         return self.recheck(permit, max_wait)
+
+    async def release_async(self, permit: Permit) -> None:
+        self.release(permit)
 
     def __repr__(self) -> str:
         state = "dormant" if not self.active else f"{self.rate():.3g}/s"

@@ -20,8 +20,8 @@ from typing import Any
 import grpc
 from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 
-from ._limiter import RateLimitedError
 from ._switch import TESTING
+from .exceptions import RateLimitedError
 
 __all__ = [
     "ATTEMPT_HEADER",

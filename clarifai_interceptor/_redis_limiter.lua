@@ -3,8 +3,9 @@
 -- tests/test_redis.py checks that both give the same waits, rates and state for the same events.
 --
 -- KEYS[1]  the bucket's key (a prefix and a digest: no secret)
--- ARGV[1]  "acquire", "recheck", "feedback" or "peek"
--- ARGV[2]  the key's time to live, in milliseconds (refreshed on every acquire and feedback)
+-- ARGV[1]  "acquire", "recheck", "feedback", "release" or "peek"
+-- ARGV[2]  the key's time to live, in milliseconds (refreshed on every acquire and feedback,
+--          and on a release that gives a slot back)
 -- ARGV[3]  now, in seconds; "" (always, in production) for Redis's own clock, TIME
 -- ARGV[4]  the fixed rate per second, or 0 for adaptive
 -- ARGV[5]  burst
@@ -16,6 +17,8 @@
 --          {2} if no cut came since (send now), else what acquire returns
 -- feedback: ARGV[8] the permit's round, ARGV[9] "1" for a throttle, "0" for a success;
 --           returns {round, rate}
+-- release: ARGV[8] the permit's round, ARGV[9] its slot, ARGV[10] its wait: give back the slot
+--          of a permit never used; returns {1 if the state changed else 0, round}
 -- peek: returns {active (0 or 1), rate}
 -- Numbers go out as strings with 17 digits: Redis would truncate a Lua number to an integer.
 
@@ -26,6 +29,8 @@ local BETA = 0.7 -- _limiter.BETA
 local HALF = 0.5 -- _limiter.HALF
 local DOUBLING = 1.0 -- _limiter._DOUBLING
 local LATER = 256 -- _limiter._LATER
+local FREE = 256 -- _limiter._FREE
+local SAME = 1e-3 -- _limiter._SAME
 local FIRST = 0.25 -- _limiter._FIRST
 local ROUND = 0.25 -- _limiter._ROUND
 local SPAN = 2.0 -- _limiter._SPAN
@@ -56,7 +61,7 @@ end
 
 local stored = redis.call('HMGET', key, 'tat', 'since', 'count', 'measured', 'active',
     'w_max', 'cut_at', 'round', 'last', 'paced', 'ok', 'ok_since', 'delivered', 'start', 'later',
-    'ok_throttles', 'redo')
+    'ok_throttles', 'redo', 'free')
 local new = stored[1] == false
 local tat = tonumber(stored[1]) or now
 local since = tonumber(stored[2]) or now
@@ -74,12 +79,17 @@ local delivered = tonumber(stored[13]) or -1
 local start = stored[14] == '1'
 local ok_throttles = tonumber(stored[16]) or 0
 local redo = tonumber(stored[17]) or 0 -- LocalBucket._redo
-local later = {} -- LocalBucket._later: slots booked past tat, in order
-if stored[15] and stored[15] ~= '' then
-    for slot in string.gmatch(stored[15], '[^,]+') do
-        later[#later + 1] = tonumber(slot)
+local function parse_list(text)
+    local list = {}
+    if text and text ~= '' then
+        for slot in string.gmatch(text, '[^,]+') do
+            list[#list + 1] = tonumber(slot)
+        end
     end
+    return list
 end
+local later = parse_list(stored[15]) -- LocalBucket._later: slots booked past tat, in order
+local free = parse_list(stored[18]) -- LocalBucket._free: slots given back in the queue, in order
 
 local function current()
     if not adaptive then
@@ -309,15 +319,86 @@ if op == 'feedback' then -- LocalBucket.feedback, of a permit of ARGV[8]'s round
             ahead = ahead + 1
         end
     end
+    local given_back = 0 -- less the slots given back: nobody will come for them
+    for i = 1, #free do
+        if free[i] > now then
+            given_back = given_back + 1
+        end
+    end
+    ahead = math.max(0, ahead - given_back)
     paced = current()
     redo, tat = now, now + ahead / paced
     save('redo', num(redo), 'tat', num(tat), 'since', num(since), 'last', num(last), 'count', count,
         'measured', num(measured), 'active', 1, 'w_max', num(w_max), 'cut_at', num(cut_at),
         'round', round, 'paced', num(paced), 'ok', num(ok), 'ok_since', num(ok_since),
-        'delivered', num(delivered), 'start', start and 1 or 0, 'later', '',
+        'delivered', num(delivered), 'start', start and 1 or 0, 'later', '', 'free', '',
         'ok_throttles', ok_throttles)
     active = true
     return {round, num(current())}
+end
+
+if op == 'release' then -- LocalBucket._release: give back the slot of a permit never used
+    local at = tonumber(ARGV[9])
+    if not active or at <= now or tonumber(ARGV[8]) ~= round then
+        return {0, round} -- dormant; used (or about to be); or a cut since laid it out anew
+    end
+    local interval = 1.0 / paced
+    local last = tat - burst * interval -- the slot of the queue's last permit
+    local near = interval * SAME
+    local booked = nil
+    for i = 1, #later do
+        if later[i] == at then
+            booked = i
+            break
+        end
+    end
+    if booked then -- a retry's booked slot: unbooked
+        table.remove(later, booked)
+    elseif math.abs(at - last) <= near then -- the last slot: the queue ends an interval sooner
+        tat = tat - interval
+        while #free > 0 do -- and one more for each free slot it now ends on
+            local low = tat - burst * interval - near
+            local found = #free + 1 -- bisect.bisect_left
+            for i = 1, #free do
+                if free[i] >= low then
+                    found = i
+                    break
+                end
+            end
+            if found == #free + 1 or free[found] > tat - burst * interval + near then
+                break
+            end
+            table.remove(free, found)
+            tat = tat - interval
+        end
+        tat = math.max(now, tat)
+    elseif at < last - near then -- inside the queue: free until the end reaches it
+        local kept = {} -- less the passed ones: no one can take them now
+        for i = 1, #free do
+            if free[i] > now then
+                kept[#kept + 1] = free[i]
+            end
+        end
+        local found = #kept + 1 -- bisect.bisect_left
+        for i = 1, #kept do
+            if kept[i] >= at then
+                found = i
+                break
+            end
+        end
+        if #kept >= FREE or (found <= #kept and kept[found] == at) then
+            return {0, round} -- full, or given back already
+        end
+        table.insert(kept, found, at)
+        free = kept
+    else
+        return {0, round} -- past the end of the queue (a layout before a rise): nothing
+    end
+    if count > 0 and at - tonumber(ARGV[10]) >= since then
+        count = count - 1 -- counted in this window (given at at - wait): never sent
+    end
+    save('tat', num(tat), 'count', count, 'later', num_list(later), 'free', num_list(free))
+    return {1, round}
 end
 
 return redis.error_reply('unknown operation')

@@ -1,4 +1,4 @@
-"""Errors this package raises for misuse; gRPC errors from calls pass through untouched.
+"""Errors this package raises: for misuse, and for a call it ended itself without sending it.
 
 Exception tree::
 
@@ -6,17 +6,34 @@ Exception tree::
      +-- ValueError
      |    +-- MissingCredentialsError   no secret given and none in the environment
      +-- CredentialsProviderError       a credentials provider raised; the call was not sent
+     +-- grpc.RpcError (and grpc.Call)
+          +-- EndedCall                 (internal) an outcome of ours: no attempt in flight
+               +-- RateLimitedError     the client-side rate limiter refused the call (code
+                                        RESOURCE_EXHAUSTED; nothing was sent)
 
     UserWarning
      +-- NoUserIdWarning                a PAT without user_id: user_app_id is never filled
 
 Errors that come back from Clarifai (a ``grpc.RpcError``, or a response whose ``status.code``
-is not ``SUCCESS``) are never wrapped: the caller gets the very object gRPC produced.
+is not ``SUCCESS``) are never wrapped: the caller gets the very object gRPC produced. The
+`EndedCall` errors are the package's own ``grpc.RpcError``: a call that the package ended before
+anything went out, so ``except grpc.RpcError`` catches them too. `EndedCall` itself is not
+exported (a call whose channel closed while it waited to retry ends with another of its kinds,
+code ``CANCELLED``).
 """
 
 from __future__ import annotations
 
-__all__ = ["CredentialsProviderError", "MissingCredentialsError", "NoUserIdWarning"]
+from collections.abc import Callable
+
+import grpc
+
+__all__ = [
+    "CredentialsProviderError",
+    "MissingCredentialsError",
+    "NoUserIdWarning",
+    "RateLimitedError",
+]
 
 
 class MissingCredentialsError(ValueError):
@@ -33,3 +50,47 @@ class NoUserIdWarning(UserWarning):
     Each request that needs ``user_app_id`` must then set it itself. Silence it with
     ``warnings.filterwarnings("ignore", category=NoUserIdWarning)`` if that is what you do.
     """
+
+
+class EndedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+    """An outcome of ours for a call with no attempt in flight: a finished ``grpc.Call`` with
+    no metadata (its subclasses say which code and why)."""
+
+    def initial_metadata(self) -> tuple[()]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:  # noqa: ARG002 (never runs)
+        return False
+
+    def __str__(self) -> str:
+        return f"<{type(self).__name__} {self.code()}: {self.details()}>"
+
+
+class RateLimitedError(EndedCall):
+    """The client-side rate limiter refused a call: no permit within the wait allowed.
+
+    A ``grpc.RpcError`` with code ``RESOURCE_EXHAUSTED``, so ``except grpc.RpcError`` keeps
+    working; nothing was sent for the attempt it refused.
+    """
+
+    def __init__(self, wait: float | None) -> None:
+        self._wait = wait
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self) -> str:
+        bound = "" if self._wait is None else f" within {self._wait:.3f} s"
+        return f"the client-side rate limiter refused the call: no permit{bound} (nothing sent)"

@@ -16,6 +16,10 @@ paces with a `LocalBucket` of its own (``on_error="local"``) or refuses the perm
 (``on_error="fail"``, the call fails with `RateLimitedError`). The store logs one warning per
 outage, counts the calls it could not decide in Redis (`RedisStore.fallbacks`), and tries Redis
 again after ``retry_after`` seconds, one caller at a time.
+
+A permit never used gives its slot back (`RedisBucket.release`) where it came from: to Redis,
+or to the local bucket that gave it while Redis was down. A release is best effort: it never
+raises, never waits for a Redis that is down, and is not counted as a fallback.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ except ImportError:  # pragma: no cover (CI installs the extra)
         "clarifai_interceptor.redis needs redis-py: pip install 'clarifai-interceptor[redis]'"
     ) from None
 
-from ._limiter import Bucket, LocalBucket, Permit, RateLimit
+from ._limiter import GO, Bucket, LocalBucket, Permit, RateLimit
 
 __all__ = ["DEFAULT_PREFIX", "RedisBucket", "RedisStore"]
 
@@ -52,6 +56,7 @@ DEFAULT_PREFIX = "clarifai_interceptor:limit:"
 
 _SCRIPT = importlib.resources.files(__package__).joinpath("_redis_limiter.lua").read_text("utf-8")
 _ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+_GIVEN = 1024  # waiting permits of the local bucket remembered at most (for their release)
 
 
 def _number(name: str, value: object) -> float:
@@ -191,16 +196,17 @@ class RedisStore:
         """Whether sync calls can reach Redis (``url`` or ``client`` given)."""
         return self._script is not None
 
-    def decide(self, key: str, args: list[Any], *, count: bool = True) -> Any:
+    def decide(self, key: str, args: list[Any], *, count: bool = True, probe: bool = True) -> Any:
         """Run the script on ``key`` with ``args`` (not part of the API: the buckets' call).
 
         Returns:
             The script's reply; None when Redis is down or fails (then it counts as down for
-            ``retry_after`` seconds, and the call as a fallback if ``count``).
+            ``retry_after`` seconds, and the call as a fallback if ``count``). Without
+            ``probe``, None at once while Redis is down: this call never tries it again.
         """
         if self._script is None:
             raise RuntimeError("this RedisStore has no sync client: pass url= or client=")
-        if not self._usable():
+        if not self._usable(probe):
             self._fell_back(count)
             return None
         started = time.monotonic()
@@ -216,17 +222,19 @@ class RedisStore:
         self._succeeded(started)
         return reply
 
-    async def decide_async(self, key: str, args: list[Any]) -> Any:
+    async def decide_async(
+        self, key: str, args: list[Any], *, count: bool = True, probe: bool = True
+    ) -> Any:
         """`decide` on the running event loop's async client (not part of the API)."""
-        if not self._usable():
-            self._fell_back(True)
+        if not self._usable(probe):
+            self._fell_back(count)
             return None
         started = time.monotonic()
         try:
             reply = await self._async_script()(keys=[key], args=args)
         except _ERRORS as error:
             self._failed(error)
-            self._fell_back(True)
+            self._fell_back(count)
             return None
         except BaseException:  # cancelled, or misused: let the next caller try Redis
             self._release()
@@ -234,11 +242,13 @@ class RedisStore:
         self._succeeded(started)
         return reply
 
-    def _usable(self) -> bool:
+    def _usable(self, probe: bool = True) -> bool:
         """Whether this caller may try Redis: always when up; when down, one caller at a time
-        once ``retry_after`` has passed."""
+        once ``retry_after`` has passed (never, without ``probe``)."""
         if not self._down:
             return True
+        if not probe:
+            return False
         with self._lock:
             if not self._down:
                 return True
@@ -293,7 +303,17 @@ class RedisBucket:
     Falls back to a `LocalBucket` of its own (or refuses) while Redis fails.
     """
 
-    __slots__ = ("_args", "_clock", "_round", "key", "limit", "local", "store")
+    __slots__ = (
+        "_args",
+        "_clock",
+        "_given",
+        "_given_lock",
+        "_round",
+        "key",
+        "limit",
+        "local",
+        "store",
+    )
 
     def __init__(self, store: RedisStore, key: str, limit: RateLimit) -> None:
         self.store = store
@@ -301,6 +321,9 @@ class RedisBucket:
         self.key = store.prefix + key
         self.local = LocalBucket(limit)
         self._round = 0  # the latest round a reply named: a permit of it needs no recheck
+        #: The waiting permits ``local`` gave while Redis failed: their release goes to it.
+        self._given: dict[Permit, None] = {}
+        self._given_lock = threading.Lock()
         #: Tests only: a clock for the script instead of Redis's TIME.
         self._clock: Callable[[], float] | None = None
         ttl_ms = max(1, round(store.ttl * 1000))
@@ -342,12 +365,19 @@ class RedisBucket:
         self, permit: Permit, reply: Sequence[Any] | None, max_wait: float | None
     ) -> Permit:
         if reply is None:  # Redis failed: the local bucket's answer (or the permit, as it was)
-            return (
-                self.local.recheck(permit, max_wait) if self.store.on_error == "local" else permit
-            )
+            if self.store.on_error != "local":
+                return permit
+            again = self.local.recheck(permit, max_wait)
+            if again is not permit:
+                self._forget(permit)
+                self._remember(again)
+            return again
         if int(reply[0]) == 2:
             return permit
-        return self._permit(reply) or permit
+        again = self._permit(reply) or permit
+        if again is not permit:
+            self._forget(permit)
+        return again
 
     def recheck(self, permit: Permit, max_wait: float | None) -> Permit:
         args = self._recheck_args(permit, max_wait)
@@ -364,7 +394,65 @@ class RedisBucket:
     def _fallback_acquire(self, not_before: float, max_wait: float | None) -> Permit | None:
         if self.store.on_error == "fail":
             return None
-        return self.local.acquire(not_before, max_wait)
+        permit = self.local.acquire(not_before, max_wait)
+        if permit is not None:
+            self._remember(permit)
+        return permit
+
+    def _remember(self, permit: Permit) -> None:
+        """Note that ``local`` gave ``permit`` (if it waits: only then can it be released)."""
+        if permit.wait > 0:
+            with self._given_lock:
+                if len(self._given) >= _GIVEN:  # the oldest: long due, most likely
+                    del self._given[next(iter(self._given))]
+                self._given[permit] = None
+
+    def _forget(self, permit: Permit) -> bool:
+        """Forget ``permit`` (used, released or replaced); whether ``local`` gave it."""
+        if not self._given:
+            return False  # the usual case: no lock
+        with self._given_lock:
+            return self._given.pop(permit, False) is None
+
+    def _release_args(self, permit: Permit) -> list[Any] | None:
+        """The script's arguments to release ``permit``; None if Redis has nothing to do (a
+        dormant permit; one of an earlier round; one the local bucket gave, given back to it
+        here)."""
+        if permit == GO:
+            return None  # dormant: nothing was reserved (and no round trip)
+        if self._forget(permit):
+            self.local.release(permit)
+            return None
+        if permit.round != self._round:
+            return None  # a cut since, as a reply said: the script would do nothing
+        return self._argv("release", permit.round, repr(permit.at), repr(permit.wait))
+
+    def _released(self, reply: Sequence[Any] | None) -> None:
+        if reply is not None:
+            self._round = int(reply[1])
+
+    def release(self, permit: Permit) -> None:
+        """Give back the slot of ``permit``, never used (`LocalBucket.release` says what that
+        does): in Redis (one round trip), or in the local bucket if it gave the permit while
+        Redis was down. Nothing while Redis is down (its state is out of reach: the slot
+        stays taken there); never raises (a failure is logged at debug level)."""
+        try:
+            args = self._release_args(permit)
+            if args is not None:
+                reply = self.store.decide(self.key, args, count=False, probe=False)
+                self._released(reply)
+        except Exception as error:  # noqa: BLE001 (a release must never fail the caller's call)
+            _unreleased(error)
+
+    async def release_async(self, permit: Permit) -> None:
+        """`release` for ``grpc.aio`` callers: never blocks the event loop."""
+        try:
+            args = self._release_args(permit)
+            if args is not None:
+                reply = await self.store.decide_async(self.key, args, count=False, probe=False)
+                self._released(reply)
+        except Exception as error:  # noqa: BLE001 (a release must never fail the caller's call)
+            _unreleased(error)
 
     @property
     def learning(self) -> bool:
@@ -378,6 +466,7 @@ class RedisBucket:
         return self.limit.adaptive and (throttled or self._round != 0)
 
     def feedback(self, permit: Permit, throttled: bool) -> None:
+        self._forget(permit)  # sent: it will not be released
         if self._teaches(throttled):
             args = self._argv("feedback", permit.round, int(throttled))
             reply = self.store.decide(self.key, args)
@@ -387,6 +476,7 @@ class RedisBucket:
                 self._round = int(reply[0])
 
     async def feedback_async(self, permit: Permit, throttled: bool) -> None:
+        self._forget(permit)  # sent: it will not be released
         if self._teaches(throttled):
             args = self._argv("feedback", permit.round, int(throttled))
             reply = await self.store.decide_async(self.key, args)
@@ -411,6 +501,10 @@ class RedisBucket:
 
     def __repr__(self) -> str:
         return f"<RedisBucket {self.limit.per_second or 'adaptive'} {self.store!r}>"
+
+
+def _unreleased(error: Exception) -> None:
+    log.debug("the rate limiter could not give a permit's slot back (%s)", type(error).__name__)
 
 
 # A check at import that the classes meet the protocols they stand for.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -425,6 +426,180 @@ def test_the_adaptive_rate_never_falls_below_min_rate() -> None:
         clock.now += 0.3
         bucket.feedback(bucket.acquire(0.0, None) or GO, throttled=True)
     assert bucket.rate() == pytest.approx(2.0)
+
+
+# -- a permit never used gives its slot back ----------------------------------------------------
+
+
+def _queue(bucket: LocalBucket, count: int) -> list[Permit]:
+    permits = [bucket.acquire(0.0, None) for _ in range(count)]
+    assert all(permit is not None for permit in permits)
+    return permits  # type: ignore[return-value]
+
+
+def _active(clock: Clock) -> LocalBucket:
+    """An adaptive bucket made active by a throttle 0.3 s ago (a cut may come now); the clock
+    stands still from here, and so does the rate."""
+    bucket = LocalBucket(RateLimit(burst=1.0), clock)
+    bucket.acquire(0.0, None)
+    bucket.feedback(GO, throttled=True)
+    clock.now += 0.3
+    return bucket
+
+
+@pytest.mark.parametrize("order", ["first to last", "last to first", "shuffled", "async"])
+def test_waiters_that_never_send_give_every_slot_back(order: str) -> None:
+    """10 waiters at 2/s end without sending (cancelled, closed, past their deadline): the
+    next caller does not wait behind their slots (5 s), whatever the order they give them
+    back in."""
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(per_second=2.0), clock)
+    assert isinstance(bucket, Bucket)
+    sent = bucket.acquire(0.0, None)
+    assert sent == Permit(0.0, 0, clock.now)  # due at once: sent
+    waiters = _queue(bucket, 10)
+    assert [p.wait for p in waiters] == pytest.approx([0.5 * n for n in range(1, 11)])
+    if order == "last to first":
+        waiters.reverse()
+    elif order == "shuffled":
+        random.Random(7).shuffle(waiters)
+    for permit in waiters:
+        if order == "async":
+            asyncio.run(bucket.release_async(permit))
+        else:
+            bucket.release(permit)
+    assert bucket._free == []
+    clock.now += 0.5  # the interval of the one sent
+    after = bucket.acquire(0.0, None)
+    assert after is not None
+    assert after.wait == 0.0  # at once, not 5 s on
+    assert bucket.acquire(0.0, None).wait == pytest.approx(0.5)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("burst", [1.0, 3.0])
+def test_a_slot_given_back_inside_the_queue_never_lets_more_through_than_the_limit(
+    burst: float,
+) -> None:
+    """A slot in the middle of the queue: the permits after it keep theirs, packed; a caller
+    let in one interval sooner would send twice in one interval. Every window holds at most
+    ``rate * window + burst`` sends, and so does the whole run."""
+    rate, seconds = 2.0, 10.0
+    clock = Clock()
+    start = clock.now
+    bucket = LocalBucket(RateLimit(per_second=rate, burst=burst), clock)
+    permits = _queue(bucket, 10)
+    middle = permits[5]
+    assert middle.at > clock.now
+    bucket.release(middle)
+    assert bucket._free == [middle.at]  # free until the end of the queue reaches it
+    sends = [p.at for p in permits if p is not middle]
+    while clock.now < start + seconds:  # a greedy caller takes every slot as soon as it can
+        permit = bucket.acquire(0.0, 0.0)
+        if permit is not None:
+            sends.append(permit.at)
+        clock.now += 0.01
+    sends.sort()
+    assert len(sends) <= rate * seconds + burst
+    for i, j in itertools.combinations(range(len(sends)), 2):
+        assert j - i + 1 <= rate * (sends[j] - sends[i]) + burst + 1e-9, (sends[i], sends[j])
+
+
+def test_a_slot_inside_the_queue_is_given_back_once_every_slot_after_it_is() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(per_second=2.0), clock)
+    permits = _queue(bucket, 10)  # 0, 0.5, ... 4.5 s on; the queue ends at 5 s
+    for number in (3, 6):
+        bucket.release(permits[number])
+    assert bucket._tat == clock.now + 5.0  # nobody is let in sooner: the slots after are taken
+    assert bucket._free == [permits[3].at, permits[6].at]
+    for number in (8, 9, 7):  # the end of the queue: back to the first slot still taken
+        bucket.release(permits[number])
+    assert bucket._tat == pytest.approx(permits[6].at)
+    assert bucket._free == [permits[3].at]
+    bucket.release(permits[3])  # given back already: nothing more
+    for number in (5, 4):
+        bucket.release(permits[number])
+    assert bucket._tat == pytest.approx(permits[3].at)
+    assert bucket._free == []
+    after = bucket.acquire(0.0, None)
+    assert after is not None
+    assert after.at == pytest.approx(permits[3].at)  # the slot of the first one given back
+
+
+def test_a_retry_slot_booked_past_the_queue_is_unbooked() -> None:
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(per_second=10.0), clock)
+    _queue(bucket, 1)
+    retry = bucket.acquire(2.0, None)  # its backoff ends past the queue: a slot of its own
+    assert retry is not None
+    assert bucket._later == [retry.at]
+    tat = bucket._tat
+    bucket.release(retry)
+    assert bucket._later == []
+    assert bucket._tat == tat  # the queue is as it was
+    again = bucket.acquire(2.0, None)
+    assert again == retry  # the same slot, not one interval after it
+
+
+def test_a_slot_given_back_is_a_send_that_never_happened() -> None:
+    clock = Clock()
+    bucket = _active(clock)
+    permits = _queue(bucket, 10)
+    count = bucket._count
+    bucket.release(permits[-1])
+    bucket.release(permits[4])
+    assert bucket._count == count - 2  # the send-rate estimate counts only sends
+    bucket.release(permits[0])  # due at once: sent
+    assert bucket._count == count - 2
+
+
+def test_release_does_nothing_for_a_permit_used_dormant_or_laid_out_anew() -> None:
+    clock = Clock()
+    dormant = LocalBucket(RateLimit(), clock)
+    assert dormant.acquire(0.0, None) is GO
+    dormant.release(GO)
+    assert not dormant.active
+    assert dormant._count == 1  # dormant: not undone (and no lock taken)
+
+    fixed = LocalBucket(RateLimit(per_second=2.0), clock)
+    sent, waiting, last = _queue(fixed, 3)
+    clock.now += 0.5  # `waiting` is due: sent, or about to be
+    fixed.release(waiting)
+    fixed.release(sent)
+    assert (fixed._tat, fixed._free) == (clock.now + 1.0, [])
+    fixed.release(last)  # not due yet: its slot comes back
+    assert fixed._tat == clock.now + 0.5
+
+    bucket = _active(clock)
+    before = _queue(bucket, 10)
+    bucket.feedback(before[-1], throttled=True)  # a cut: the waiters are laid out anew
+    assert bucket._round == 2
+    state = (bucket._tat, bucket._redo, list(bucket._free), bucket._count)
+    bucket.release(before[-1])  # which slot of the new layout it would take is not known
+    bucket.release(before[4])
+    assert (bucket._tat, bucket._redo, bucket._free, bucket._count) == state
+    after = bucket.acquire(0.0, None)  # given after the cut, at the end of the new queue
+    assert after is not None
+    bucket.release(after)
+    assert bucket._tat == pytest.approx(state[0])
+
+
+def test_a_cut_lays_the_waiters_left_out_without_the_slots_given_back() -> None:
+    clock, other = Clock(), Clock()
+    bucket, control = _active(clock), _active(other)
+    permits = _queue(bucket, 20)
+    _queue(control, 20)
+    for number in (5, 9, 12):
+        bucket.release(permits[number])
+    assert len(bucket._free) == 3
+    bucket.feedback(permits[-1], throttled=True)
+    control.feedback(permits[-1], throttled=True)
+    rate = bucket.rate()
+    assert rate is not None
+    assert rate == control.rate()
+    assert bucket._free == []
+    # Three fewer waiters to lay out: a caller after the cut queues 3 slots sooner.
+    assert control._tat - bucket._tat == pytest.approx(3 / rate)
 
 
 @pytest.mark.parametrize(

@@ -110,7 +110,8 @@ def _redis_bucket(store: RedisStore, limit: RateLimit, clock: Clock, key: str) -
 # --- The maths: the script and LocalBucket agree ---------------------------------------------
 
 # An event: (seconds to advance, then "acquire" with not_before and max_wait, "feedback" of the
-# n-th permit given so far, throttled or not, or "recheck" of the n-th permit with max_wait).
+# n-th permit given so far, throttled or not, "recheck" of the n-th permit with max_wait, or
+# "release" of the n-th permit, never used (n < 0 counts from the latest: the end of the queue).
 _EVENT = st.one_of(
     st.tuples(
         st.floats(0, 3),
@@ -124,6 +125,9 @@ _EVENT = st.one_of(
         st.just("recheck"),
         st.integers(0, 1000),
         st.one_of(st.none(), st.floats(0, 5)),
+    ),
+    st.tuples(
+        st.sampled_from([0.0, 0.01, 0.5]), st.just("release"), st.integers(-40, 1000), st.none()
     ),
 )
 _LIMIT = st.builds(
@@ -160,6 +164,10 @@ def _replay(
             assert (again is ours) == (again_theirs is theirs), step
             if again is not ours:
                 permits.append((again, again_theirs))
+        elif permits and kind == "release":
+            ours, theirs = permits[first % len(permits)]
+            local.release(ours)
+            remote.release(theirs)
         elif permits:
             ours, theirs = permits[first % len(permits)]
             local.feedback(ours, second)
@@ -191,6 +199,7 @@ _FIELDS = (
 def _state(bucket: LocalBucket) -> dict[str, Any]:
     state: dict[str, Any] = {name: float(getattr(bucket, "_" + name)) for name in _FIELDS}
     state["later"] = list(bucket._later)
+    state["free"] = list(bucket._free)
     if not bucket.limit.adaptive:
         state["w_max"] = 0.0  # a fixed rate's: the script stores none
     return state
@@ -202,8 +211,9 @@ def _remote_state(bucket: RedisBucket) -> dict[str, Any]:
     state: dict[str, Any] = {name: float(value or 0) for name, value in stored.items()}
     if stored["delivered"] is None:
         state["delivered"] = -1.0  # the script's default, as LocalBucket's: nothing measured
-    later = client.hget(bucket.key, "later") or b""
-    state["later"] = [float(slot) for slot in later.split(b",") if slot]
+    for name in ("later", "free"):
+        slots = client.hget(bucket.key, name) or b""
+        state[name] = [float(slot) for slot in slots.split(b",") if slot]
     return state
 
 
@@ -212,6 +222,40 @@ def _remote_state(bucket: RedisBucket) -> dict[str, Any]:
 )
 @given(limit=_LIMIT, events=st.lists(_EVENT, max_size=60))
 def test_script_and_local_bucket_agree(
+    make_store: Callable[..., RedisStore], limit: RateLimit, events: list[tuple[Any, ...]]
+) -> None:
+    clock = Clock()
+    local = LocalBucket(limit, clock)
+    remote = _redis_bucket(make_store(), limit, clock, os.urandom(16).hex())
+    _replay(limit, events, local, remote, clock)
+
+
+# Queues, and permits of them never used: small steps, most of them none, and releases near
+# either end of the permits given (the queue's end, or slots long due).
+_STEP = st.sampled_from([0.0, 0.0, 0.0, 0.0, 0.001, 0.01, 0.2])
+_ACQUIRE = st.tuples(_STEP, st.just("acquire"), st.sampled_from([0.0, 0.0, 0.0, 2.0]), st.none())
+_QUEUE_EVENT = st.one_of(
+    _ACQUIRE,
+    _ACQUIRE,
+    st.tuples(_STEP, st.just("release"), st.integers(-12, 12), st.none()),
+    st.tuples(_STEP, st.just("feedback"), st.integers(-12, 12), st.booleans()),
+    st.tuples(_STEP, st.just("recheck"), st.integers(-12, 12), st.none()),
+)
+_QUEUE_LIMIT = st.builds(  # slow enough, with a burst small enough, for queues to form
+    RateLimit,
+    per_second=st.one_of(st.none(), st.floats(0.5, 50)),
+    burst=st.one_of(st.just(1.0), st.floats(1, 4)),
+    min_rate=st.floats(0.1, 5),
+    initial_rate=st.floats(0.1, 100),
+    max_wait=st.none(),
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(limit=_QUEUE_LIMIT, events=st.lists(_QUEUE_EVENT, min_size=30, max_size=80))
+def test_script_and_local_bucket_agree_on_queues_given_back(
     make_store: Callable[..., RedisStore], limit: RateLimit, events: list[tuple[Any, ...]]
 ) -> None:
     clock = Clock()
@@ -307,6 +351,60 @@ def test_script_and_local_bucket_agree_on_laying_a_queue_out_anew_after_a_cut(
     _replay(limit, events, local, remote, clock)
     assert local._round == 3
     assert local._redo > 0
+
+
+def test_script_and_local_bucket_agree_on_giving_slots_back(
+    make_store: Callable[..., RedisStore],
+) -> None:
+    """Permits never used give their slots back: one inside the queue (free, and again: no
+    more), the last ones (the queue ends sooner, and on the free slots), one due, a retry's
+    booked slot; then a cut lays the waiters left out without the free slots, a permit of
+    the round before gives nothing back, and those given after it do."""
+    limit = RateLimit(burst=1)
+    clock = Clock()
+    local, remote = LocalBucket(limit, clock), _redis_bucket(make_store(), limit, clock, "g" * 32)
+    events: list[tuple[Any, ...]] = [(0.001, "acquire", 0.0, None) for _ in range(40)]
+    events += [(0.0, "feedback", 40, True)]  # active
+    events += [(0.3, "acquire", 0.0, None)] + [(0.0, "acquire", 0.0, None) for _ in range(29)]
+    events += [(0.0, "release", 50, None), (0.0, "release", 50, None)]  # free; again: no more
+    events += [(0.0, "release", 70, None), (0.0, "release", 69, None)]  # the end of the queue
+    events += [(0.0, "release", 41, None)]  # due at once: sent
+    events += [(0.0, "acquire", 0.9, None), (0.0, "release", 71, None)]  # booked, unbooked
+    events += [(0.0, "acquire", 0.9, None)]  # 72: the same slot again
+    events += [(0.0, "release", 60, None), (0.0, "release", 61, None)]  # free
+    events += [(0.0, "release", n, None) for n in (64, 68, 62, 67, 63, 66, 65)]  # down to 60
+    events += [(0.0, "acquire", 0.0, None)]  # 73: takes the slot of 60
+    events += [(0.0, "release", 55, None), (0.0, "feedback", 73, True)]  # free; a cut
+    events += [(0.0, "release", 56, None)]  # of the round before: nothing
+    events += [(0.0, "acquire", 0.0, None), (0.0, "release", 74, None)]  # after it: back
+    events += [(0.01, "recheck", 43, None), (0.0, "recheck", 44, None)]  # 75, 76: laid anew
+    events += [(0.0, "acquire", 0.0, None), (0.0, "acquire", 0.0, None)]  # 77, 78
+    events += [(0.0, "release", 77, None), (0.0, "release", 76, None)]  # free
+    _replay(limit, events, local, remote, clock)
+    assert local._round == 2
+    assert len(local._free) == 2
+    with remote.store._script.registered_client as client:  # type: ignore[union-attr]
+        assert client.hget(remote.key, "free").count(b",") == 1
+
+
+def test_script_and_local_bucket_agree_on_giving_slots_back_with_a_burst(
+    make_store: Callable[..., RedisStore],
+) -> None:
+    """A fixed rate with a burst: the queue's last permit is ``burst`` intervals before its
+    end; a free slot is given back once the end reaches it; a retry's booked slot."""
+    limit = RateLimit(per_second=20.0, burst=3.0)
+    clock = Clock()
+    local, remote = LocalBucket(limit, clock), _redis_bucket(make_store(), limit, clock, "h" * 32)
+    events: list[tuple[Any, ...]] = [(0.0, "acquire", 0.0, None) for _ in range(12)]
+    events += [(0.0, "release", n, None) for n in (12, 5, 11, 10, 8, 9, 7, 6)]  # down to 5
+    events += [(0.0, "acquire", 0.0, None), (0.0, "release", 3, None)]  # 13; 3: free
+    events += [(0.0, "release", 13, None), (0.0, "release", 4, None)]  # the end, down to 3
+    events += [(0.3, "acquire", 0.0, None), (0.0, "acquire", 0.5, None)]  # 14; 15: booked
+    events += [(0.0, "release", -1, None), (0.0, "release", -2, None)]  # 15; 14 (due: sent)
+    events += [(0.02, "acquire", 0.0, None) for _ in range(5)]
+    _replay(limit, events, local, remote, clock)
+    assert local._free == []
+    assert local._later == []
 
 
 # --- On Redis's own clock --------------------------------------------------------------------
@@ -425,6 +523,59 @@ def test_the_key_has_a_ttl_refreshed_on_use(
         client.pexpire(bucket.key, 1_000)
         bucket.acquire(0.0, None)
         assert client.pttl(bucket.key) > 1_000
+
+
+def _evalsha_calls(server: RedisServer) -> int:
+    with server.client() as client:
+        stats = client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_waiters_that_never_send_give_their_slots_back_to_the_fleet(
+    make_store: Callable[..., RedisStore],
+) -> None:
+    """10 waiters at 2/s in one process end without sending (cancelled, closed): the next
+    caller, in another process, does not wait behind their slots (5 s)."""
+    limit = RateLimit(per_second=2, burst=1)
+    one = make_store().bucket("g" * 32, limit)
+    two = make_store().bucket("g" * 32, limit)
+    assert one.acquire(0.0, None) is not None  # sent
+    waiters = [one.acquire(0.0, None) for _ in range(10)]
+    assert waiters[-1] is not None
+    assert waiters[-1].wait == pytest.approx(5.0, abs=0.1)
+    for permit in waiters:  # first to last: each one's slot is free until the last's goes
+        one.release(permit or GO)
+    after = two.acquire(0.0, None)
+    assert after is not None
+    assert after.wait <= 0.5  # behind the one sent only, not 5.5 s
+    assert one.store.fallbacks == two.store.fallbacks == 0
+
+
+def test_a_release_costs_a_round_trip_only_with_a_slot_to_give_back(
+    server: RedisServer, make_store: Callable[..., RedisStore]
+) -> None:
+    bucket = make_store().bucket("i" * 32, RateLimit())
+    permit = bucket.acquire(0.0, None)
+    assert permit == GO
+    calls = _evalsha_calls(server)
+    bucket.release(permit)  # dormant: nothing reserved, no round trip
+    assert _evalsha_calls(server) == calls
+    bucket.feedback(permit, throttled=True)  # active
+    waiting = [bucket.acquire(0.0, None) for _ in range(3)]
+    last = waiting[-1]
+    assert last is not None
+    assert last.wait > 0
+    calls = _evalsha_calls(server)
+    bucket.release(last)
+    assert _evalsha_calls(server) == calls + 1
+    again = bucket.acquire(0.0, None)  # its slot (a little sooner: the rate grows)
+    assert again is not None
+    assert again.at <= last.at + 1e-6
+    time.sleep(0.3)
+    bucket.feedback(Permit(0.0, 1), throttled=True)  # a cut: round 2, as the reply says
+    calls = _evalsha_calls(server)
+    bucket.release(waiting[1] or GO)  # of round 1: the cut laid it out anew; no round trip
+    assert _evalsha_calls(server) == calls
 
 
 def test_redis_holds_no_secret(server: RedisServer, make_store: Callable[..., RedisStore]) -> None:
@@ -567,6 +718,25 @@ def test_a_fallback_bucket_still_paces_and_adapts(own_server: RedisServer) -> No
     store.close()
 
 
+def test_a_release_goes_where_its_permit_came_from(own_server: RedisServer) -> None:
+    """While Redis is down the local bucket gives the permits, and takes their slots back;
+    a permit Redis gave cannot give its slot back then (nothing happens, nothing raised)."""
+    store = RedisStore(own_server.url, retry_after=60)
+    bucket = store.bucket("a" * 32, RateLimit(per_second=2))
+    from_redis = [bucket.acquire(0.0, None) for _ in range(3)]
+    own_server.kill()
+    local = [bucket.acquire(0.0, None) for _ in range(4)]  # 0, 0.5, 1 and 1.5 s
+    assert store.fallbacks == 4
+    for permit in local[1:]:
+        bucket.release(permit or GO)
+    bucket.release(from_redis[-1] or GO)  # out of reach: Redis is not tried again for it
+    assert store.fallbacks == 4  # a release is no fallback
+    after = bucket.acquire(0.0, None)
+    assert after is not None
+    assert after.wait <= 0.5  # behind the one sent only, not 2 s
+    store.close()
+
+
 # --- asyncio ---------------------------------------------------------------------------------
 
 
@@ -667,6 +837,39 @@ async def test_a_call_cancelled_mid_redis_leaves_the_store_usable(
     assert store.fallbacks == 0
     await store.aclose()
     store.close()
+
+
+@pytest.mark.asyncio
+async def test_async_waiters_give_their_slots_back(async_store: RedisStore) -> None:
+    bucket = async_store.bucket("h" * 32, RateLimit(per_second=2))
+    assert await bucket.acquire_async(0.0, None) is not None  # sent
+    waiters = [await bucket.acquire_async(0.0, None) for _ in range(10)]
+    await asyncio.gather(*(bucket.release_async(permit or GO) for permit in waiters))
+    after = await bucket.acquire_async(0.0, None)
+    assert after is not None
+    assert after.wait <= 0.5  # behind the one sent only, not 5.5 s
+    assert async_store.fallbacks == 0
+
+
+@pytest.mark.asyncio
+async def test_a_release_that_fails_never_fails_the_call(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "clarifai_interceptor")
+    client = redis.asyncio.Redis(port=server.port, socket_timeout=1)
+    store = RedisStore(async_client=client)  # no sync client
+    bucket = store.bucket("j" * 32, RateLimit(per_second=2))
+    assert await bucket.acquire_async(0.0, None) is not None
+    waiting = await bucket.acquire_async(0.0, None)
+    assert waiting is not None
+    bucket.release(waiting)  # no client to reach Redis with: logged, not raised
+    assert "could not give a permit's slot back (RuntimeError)" in caplog.text
+    await bucket.release_async(waiting)  # this one reaches it
+    again = await bucket.acquire_async(0.0, None)
+    assert again is not None
+    assert again.at == pytest.approx(waiting.at)
+    await store.aclose()
+    await client.aclose()
 
 
 def test_stores_without_the_other_client(server: RedisServer) -> None:
