@@ -47,7 +47,6 @@ from ._context import use_credentials, use_retry
 from ._credentials import MAX_SECRET_LENGTH, Credentials, Secret
 from ._grpc_channel import clarifai_channel
 from ._interceptor import ClarifaiInterceptor
-from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
 from ._methods import READ_PATTERNS, READ_RETRY, WRITE_RETRY
 from ._policy import (
     DEFAULT_RETRYABLE_CODES,
@@ -59,6 +58,7 @@ from ._policy import (
     RetryBudget,
     RetryPolicy,
 )
+from ._ratelimit import DEFAULT_RATE_LIMIT, RateLimit
 from ._version import __version__
 from .exceptions import (
     CredentialsProviderError,

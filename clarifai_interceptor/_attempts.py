@@ -14,14 +14,14 @@ is sent the result, until it returns the call's final outcome. Its steps:
 Every decision is made here, and recorded where it is made: the first permit and the refusal,
 the recheck at the end of each wait, the judgement of each outcome, the stop reason, the testing
 switch (no waits, no limiter: nothing booked), and the permit no attempt used, given back
-(`Attempts.abandon` when a driver is interrupted). The drivers only do I/O: `drive` in the
-caller's thread; ``_calls.RetryFuture`` on the scheduler's timers; ``_calls.RetryingStream``;
-``aio``'s two. This is the only module that imports tenacity.
+(`Attempts.abandon` when a driver is interrupted). The drivers only do I/O: ``_drivers``'
+`drive` and `advance` in the caller's thread, ``_future.RetryFuture`` on the scheduler's timers,
+``_calls.RetryingStream``, and ``aio``'s two over `advance_async`. This is the only module that
+imports tenacity.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Generator
@@ -33,8 +33,8 @@ from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 
 from ._budget import TokenBucket
 from ._closing import CancelledCall, Closing, closed
-from ._limiter import Bucket, Permit
 from ._policy import RetryPolicy, describe, for_testing, pushback, time_left
+from ._ratelimit import Bucket, Permit
 from ._switch import TESTING
 from .exceptions import RateLimitedError
 from .instrumentation import _hooks
@@ -42,15 +42,12 @@ from .instrumentation._data import CallSummary, CutBy, Reason, RetryDetails
 
 __all__ = [
     "END",
+    "NOTHING",
     "Ask",
     "Attempts",
-    "Done",
     "Send",
     "Wait",
-    "advance",
-    "advance_async",
     "delivered",
-    "drive",
     "final_at_once",
     "permit_bound",
 ]
@@ -90,7 +87,7 @@ class _End:
 
 #: The outcome of a response stream that ended before its first message.
 END: Any = _End()
-_NOTHING: Any = object()
+NOTHING: Any = object()
 
 
 def _last_outcome(state: _t.RetryCallState) -> Any:
@@ -283,7 +280,7 @@ class Attempts:
 
     # The flow.
 
-    def flow(self, first: object = _NOTHING) -> Flow:
+    def flow(self, first: object = NOTHING) -> Flow:
         """The call's steps (see the module's docstring); returns the final outcome.
 
         ``first``: the first attempt's outcome, when the caller sent it itself (the wrapper's
@@ -292,7 +289,7 @@ class Attempts:
         Raises:
             RateLimitedError: The rate limiter refused the first attempt (nothing was sent).
         """
-        if first is _NOTHING:
+        if first is NOTHING:
             permit = self.permit
             if permit is None and self.limiter is not None:
                 bound = permit_bound(self.deadline, self.limit_wait)
@@ -486,86 +483,3 @@ class Attempts:
             self.unsent = False
             with contextlib.suppress(Exception):  # a store that fails: its slot expires
                 await self.limiter.release_async(self.permit)
-
-
-class Done(NamedTuple):
-    """The flow's end: the call's final ``outcome`` (what `advance` returns instead of a
-    `Send`)."""
-
-    outcome: Any
-
-
-def advance(
-    attempts: Attempts,
-    flow: Flow,
-    value: Any,
-    sleep: Callable[[float], CancelledCall | None] | None = None,
-) -> Send | Done:
-    """Run ``flow`` from ``value`` in this thread until it asks to send an attempt (`Send`) or
-    ends (`Done`): limiter steps here, waits with ``sleep`` (`Attempts.sleep` by default).
-    Interrupted (Ctrl-C, an error), the permit no attempt used goes back."""
-    try:
-        while True:
-            step = flow.send(value)
-            if isinstance(step, Send):
-                return step
-            if isinstance(step, Ask):
-                value = attempts.ask(step)
-            else:
-                value = (sleep or attempts.sleep)(step.seconds)
-    except StopIteration as stop:
-        return Done(stop.value)
-    except BaseException:
-        attempts.abandon()
-        raise
-
-
-async def advance_async(
-    attempts: Attempts, flow: Flow, value: Any, before_wait: Callable[[], object] | None = None
-) -> Send | Done:
-    """`advance` for ``grpc.aio``: waits are ``asyncio.sleep`` (cancelling the task ends
-    them), after ``before_wait()`` (the attempt judged is abandoned)."""
-    try:
-        while True:
-            step = flow.send(value)
-            if isinstance(step, Send):
-                return step
-            if isinstance(step, Ask):
-                value = await attempts.ask_async(step)
-            else:
-                if before_wait is not None:
-                    before_wait()
-                await asyncio.sleep(step.seconds)
-                value = None
-    except StopIteration as stop:
-        return Done(stop.value)
-    except BaseException:
-        await attempts.abandon_async()
-        raise
-
-
-def drive(
-    attempts: Attempts,
-    send: Callable[[int], Any],
-    view: Callable[[Any], object] | None = None,
-    flow: Flow | None = None,
-) -> Any:
-    """Run a call's flow in this thread, waits included (its channel's closing ends them).
-
-    ``send(number)`` starts and finishes attempt ``number``; ``view`` maps what it returns to
-    the outcome the flow judges (the same, by default). Returns what the last ``send`` returned
-    when its outcome is final, else the outcome that ended the call (`closed()`).
-
-    Raises:
-        RateLimitedError: The rate limiter refused the first attempt.
-    """
-    if flow is None:
-        flow = attempts.flow()
-    last: Any = None
-    judged: object = _NOTHING
-    step = advance(attempts, flow, None)
-    while isinstance(step, Send):
-        last = send(step.number)
-        judged = last if view is None else view(last)
-        step = advance(attempts, flow, judged)
-    return last if step.outcome is judged else step.outcome

@@ -18,8 +18,9 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from ._attempts import END, MARK, Attempts, Done, Flow, advance, drive
+from ._attempts import END, MARK, Attempts, Flow
 from ._closing import CancelledCall, closed
+from ._drivers import Done, advance, drive
 from ._future import Raised, RetryFuture, settled
 from .exceptions import RateLimitedError
 

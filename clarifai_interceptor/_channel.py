@@ -13,13 +13,14 @@ from typing import Any
 
 import grpc
 
-from ._attempts import delivered, drive, final_at_once, permit_bound
+from ._attempts import delivered, final_at_once, permit_bound
 from ._calls import Retried, response_stream, unary_response
 from ._context import RETRY, CredentialsSource, below_us, outer
 from ._core import DEFAULT_RETRY, Core
-from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
+from ._drivers import drive
 from ._metadata import Pairs, for_attempt
 from ._policy import NO_RETRY, RetryPolicy, for_testing, time_left
+from ._ratelimit import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._request import byte_stream, to_bytes
 from ._switch import TESTING
 from ._target import CHANNEL_OPTIONS, DEFAULT_TARGET, channel_options, resolve_target

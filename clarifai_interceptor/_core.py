@@ -11,11 +11,12 @@ from ._budget import TokenBucket
 from ._closing import Closing
 from ._context import CREDENTIALS, RETRY, CredentialsSource, check_source
 from ._credentials import CREDENTIAL_KEYS, Credentials
-from ._limiter import DEFAULT_RATE_LIMIT, Bucket, Permit, RateLimit, bucket_for
+from ._limiter import bucket_for
 from ._metadata import Pairs, merge
 from ._methods import Policies, default_rules
 from ._methods import check as check_policies
 from ._policy import NO_RETRY, RetryBudget, RetryPolicy, for_testing
+from ._ratelimit import DEFAULT_RATE_LIMIT, Bucket, Permit, RateLimit
 from ._switch import TESTING
 from .exceptions import CredentialsProviderError
 

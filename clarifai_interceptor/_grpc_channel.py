@@ -17,8 +17,8 @@ import grpc
 from ._channel import insecure_channel, secure_channel
 from ._context import CredentialsSource
 from ._core import DEFAULT_RETRY
-from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
 from ._policy import RetryPolicy
+from ._ratelimit import DEFAULT_RATE_LIMIT, RateLimit
 
 __all__ = ["CLARIFAI_INSECURE_PORT", "clarifai_channel"]
 

@@ -12,9 +12,9 @@ from ._calls import Raised, response_stream, unary_response
 from ._context import CredentialsSource, below_us, outer
 from ._core import DEFAULT_RETRY, Core
 from ._credentials import Credentials
-from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._metadata import for_attempt
 from ._policy import NO_RETRY, RetryPolicy, time_left
+from ._ratelimit import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._request import fill_copy, request_stream
 
 __all__ = ["ClarifaiInterceptor"]

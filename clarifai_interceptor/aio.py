@@ -19,12 +19,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ._attempts import END, Attempts, Send, advance_async
+from ._attempts import END, Attempts, Send
 from ._context import CredentialsSource, below_us_async, outer
 from ._core import DEFAULT_RETRY, Core
-from ._limiter import DEFAULT_RATE_LIMIT, Bucket, RateLimit
+from ._drivers import advance_async
 from ._metadata import for_attempt
 from ._policy import NO_RETRY, RetryPolicy, time_left
+from ._ratelimit import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._request import fill_copy, request_stream
 from ._secret import SafeMetadata
 from ._target import channel_options, resolve_target

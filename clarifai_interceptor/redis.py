@@ -45,7 +45,8 @@ except ImportError:  # pragma: no cover (CI installs the extra)
         "clarifai_interceptor.redis needs redis-py: pip install 'clarifai-interceptor[redis]'"
     ) from None
 
-from ._limiter import GO, Bucket, LocalBucket, Permit, RateLimit
+from ._limiter import LocalBucket
+from ._ratelimit import GO, Bucket, Permit, RateLimit
 
 __all__ = ["DEFAULT_PREFIX", "RedisBucket", "RedisStore"]
 

@@ -54,8 +54,8 @@ from ._channel import (
 from ._channel import wrap_channel as _wrap_channel
 from ._core import DEFAULT_RETRY
 from ._credentials import AUTHORIZATION, SESSION_TOKEN, Credentials
-from ._limiter import DEFAULT_RATE_LIMIT, RateLimit
 from ._policy import RetryPolicy
+from ._ratelimit import DEFAULT_RATE_LIMIT, RateLimit
 
 __all__ = [
     "PATCHED",
