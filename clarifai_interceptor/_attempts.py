@@ -295,9 +295,7 @@ class Attempts:
                 bound = permit_bound(self.deadline, self.limit_wait)
                 permit = yield Ask("acquire", (0.0, bound))
                 if permit is None:
-                    self.number = 0
-                    self.cut_by = "limiter"
-                    raise self._mark(RateLimitedError(bound))
+                    raise self.refused(bound)
                 self.permit, self.unsent = permit, True
             if permit is not None and permit.wait > 0:
                 ended = yield from self._wait(permit.wait)
@@ -317,6 +315,15 @@ class Attempts:
                 return ended
             self.resume()
             outcome = yield self._send()
+
+    def refused(self, bound: float | None) -> RateLimitedError:
+        """The error of a call whose first permit the limiter refused (no wait within
+        ``bound``), marked with these attempts (none sent)."""
+        self.number = 0
+        self.cut_by = "limiter"
+        error = RateLimitedError(bound)
+        self._mark(error)
+        return error
 
     def _send(self) -> Send:
         self.sent += 1

@@ -230,9 +230,12 @@ class _UnaryResponse(_Callable):
         limiter = None if testing or core.closing.closed else core.limiter(credentials)
         permit = None
         if limiter is not None:  # dormant until the first throttle: then it paces
-            permit = limiter.acquire(0.0, permit_bound(deadline, core.limit_wait))
+            bound = permit_bound(deadline, core.limit_wait)
+            permit = limiter.acquire(0.0, bound)
             if permit is None or permit.wait:  # refused, or a wait: the flow's
                 attempts = core.attempts(policy, self._method, deadline, limiter, permit, started)
+                if permit is None:
+                    raise attempts.refused(bound)
                 outcome = drive(attempts, attempt)
                 if isinstance(outcome, grpc.RpcError):
                     raise outcome
