@@ -6,8 +6,10 @@ Secrets here are obviously fake. Retry waits are zero (``FAST``): tests never sl
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import pytest
@@ -20,6 +22,7 @@ from clarifai_interceptor import (
     NoUserIdWarning,
     RetryPolicy,
     _limiter,
+    aio,
     wrap_channel,
 )
 from clarifai_interceptor._attempts import Ask, Attempts, Flow, Send, Wait
@@ -188,3 +191,42 @@ class Judge:
                 waited += step.seconds
                 step = self._flow.send(None)
         return waited
+
+
+# -- aio paths (shared fixtures) -------------------------------------------------------------
+@dataclass
+class AioPath:
+    """Builds aio channels to a server through one of the two aio paths.
+
+    ``channel``: `aio.insecure_channel`; ``interceptors``: ``grpc.aio.insecure_channel`` with
+    `aio.interceptors` (and any ``inner`` interceptors after ours).
+    """
+
+    kind: str
+    target: str
+
+    def channel(
+        self,
+        credentials: Credentials | None = PAT_CREDS,
+        *,
+        retry: RetryPolicy | None = FAST,
+        inner: Iterable[Any] = (),
+    ) -> Any:
+        if self.kind == "channel":
+            assert not inner, "the channel path takes no extra interceptors"
+            return aio.insecure_channel(self.target, credentials, retry=retry)
+        chain = [*aio.interceptors(credentials, retry=retry), *inner]
+        return grpc.aio.insecure_channel(self.target, interceptors=chain)
+
+    @asynccontextmanager
+    async def stub(
+        self, credentials: Credentials | None = PAT_CREDS, *, retry: RetryPolicy | None = FAST
+    ) -> AsyncIterator[service_pb2_grpc.V2Stub]:
+        async with self.channel(credentials, retry=retry) as channel:
+            yield service_pb2_grpc.V2Stub(channel)
+
+
+@pytest.fixture(params=("channel", "interceptors"))
+def aio_path(request: pytest.FixtureRequest, fake: FakeClarifai) -> AioPath:
+    """One of the two aio paths to ``fake``; tests using it run once per path."""
+    return AioPath(request.param, fake.target)

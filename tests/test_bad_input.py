@@ -17,12 +17,14 @@ import grpc
 import pytest
 from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
 from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
+from conftest import PAT_CREDS, T
 
 import clarifai_interceptor._credentials as credentials_module
 from clarifai_interceptor import (
     MAX_SECRET_LENGTH,
     ClarifaiInterceptor,
     Credentials,
+    MissingCredentialsError,
     NoUserIdWarning,
     RetryPolicy,
     aio,
@@ -32,9 +34,9 @@ from clarifai_interceptor import (
     wrap_channel,
 )
 from clarifai_interceptor._channel import channel_options, resolve_target
+from clarifai_interceptor._credentials import ENV_VARS
 from clarifai_interceptor.testing import FakeClarifai
 
-T = 10
 PAT = "fake-pat-for-bad-input-tests"
 CREDS = Credentials.from_pat(PAT, user_id="fake-user", app_id="fake-app")
 
@@ -467,3 +469,28 @@ def test_a_pat_without_user_still_works_for_requests_that_set_user_app_id(
     (call,) = fake.calls
     assert call.request.user_app_id.user_id == "clarifai"  # type: ignore[attr-defined]
     assert call.header("authorization") == f"Key {PAT}"
+
+
+def test_bad_arguments_fail_when_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(TypeError, match="credentials must be"):
+        aio.interceptors("fake-pat-as-a-string")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="retry must be"):
+        aio.UnaryStreamInterceptor(PAT_CREDS, retry="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs a target"):
+        aio.insecure_channel(None, PAT_CREDS)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="HOST"):
+        aio.insecure_channel("http://localhost:1", PAT_CREDS)
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    created: list[object] = []
+    monkeypatch.setattr(grpc.aio, "insecure_channel", lambda *a, **k: created.append(a))
+    monkeypatch.setattr(grpc.aio, "secure_channel", lambda *a, **k: created.append(a))
+    for build in (
+        aio.interceptors,
+        aio.UnaryUnaryInterceptor,
+        lambda: aio.insecure_channel("localhost:1"),
+        aio.secure_channel,
+    ):
+        with pytest.raises(MissingCredentialsError, match="CLARIFAI_PAT"):
+            build()
+    assert created == []  # no channel was made, so none is left open

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from typing import Any
 
 import grpc
 import pytest
-from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
-from conftest import PAT, PAT_CREDS, T
+from clarifai_grpc.grpc.api import resources_pb2, service_pb2, service_pb2_grpc
+from conftest import FAST, KEY_CREDS, PAT, PAT_CREDS, T
+from helpers import PAT_HEADER, SUCCESS, UAI, credentials_sent, predict_request
 
-from clarifai_interceptor import insecure_channel, wrap_channel
+from clarifai_interceptor import aio, insecure_channel, wrap_channel
 from clarifai_interceptor._channel import CHANNEL_OPTIONS, channel_options, resolve_target
+from clarifai_interceptor._credentials import ENV_VARS
 from clarifai_interceptor.testing import FakeClarifai
 
 
@@ -83,3 +89,183 @@ def test_subscribe_and_unsubscribe_reach_the_wrapped_channel(fake: FakeClarifai)
         assert not set(threading.enumerate()) - threads_before, "gRPC's poller did not stop"
     assert grpc.ChannelConnectivity.READY in seen
     assert "clarifai_interceptor channel" in repr(channel)
+
+
+# -- helpers of the tests below --------------------------------------------------------------
+FRESH_SCRIPT = """
+import sys
+import grpc
+from clarifai_grpc.channel import clarifai_channel
+from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
+assert clarifai_channel.wrap_response_deserializer is None, "the quirk is gone: test is moot"
+import clarifai_interceptor as ci
+target, how = sys.argv[1], sys.argv[2]
+creds = ci.Credentials.from_pat("fake-pat-for-tests", user_id="fake-user", app_id="fake-app")
+if how == "insecure_channel":
+    channel = ci.insecure_channel(target, creds)
+elif how == "wrap_channel":
+    channel = ci.wrap_channel(grpc.insecure_channel(target), creds)
+else:
+    channel = grpc.intercept_channel(
+        grpc.insecure_channel(target), ci.ClarifaiInterceptor(creds)
+    )
+stub = service_pb2_grpc.V2Stub(channel)
+response = stub.PostModelOutputs(service_pb2.PostModelOutputsRequest(model_id="m"), timeout=10)
+print(response.status.code)
+channel.close()
+"""
+
+AIO_FRESH_SCRIPT = """
+import asyncio
+import sys
+import grpc
+from clarifai_grpc.channel import clarifai_channel
+from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
+assert clarifai_channel.wrap_response_deserializer is None, "the quirk is gone: test is moot"
+from clarifai_interceptor import Credentials, aio
+target, how = sys.argv[1], sys.argv[2]
+creds = Credentials.from_pat("fake-pat-for-tests", user_id="fake-user", app_id="fake-app")
+
+async def main():
+    if how == "insecure_channel":
+        channel = aio.insecure_channel(target, creds)
+    else:
+        channel = grpc.aio.insecure_channel(target, interceptors=aio.interceptors(creds))
+    async with channel:
+        stub = service_pb2_grpc.V2Stub(channel)
+        response = await stub.PostModelOutputs(service_pb2.PostModelOutputsRequest(), timeout=10)
+        print(response.status.code)
+
+asyncio.run(main())
+"""
+
+
+# -- channel builders end to end -------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_insecure_channel_has_our_options_and_interceptors(
+    fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = grpc.aio.insecure_channel
+    seen: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "insecure_channel", spy)
+    mine = [("grpc.primary_user_agent", "fake-agent"), ("grpc.max_receive_message_length", 7)]
+    async with aio.insecure_channel(fake.target, PAT_CREDS, options=mine) as channel:
+        stub = service_pb2_grpc.V2Stub(channel)
+        assert (await stub.PostModelOutputs(predict_request(), timeout=T)).status.code == SUCCESS
+    ((args, kwargs),) = seen
+    assert args == (fake.target,)
+    options = dict(kwargs["options"])
+    assert len(options) == len(kwargs["options"])  # each option once
+    assert options["grpc.enable_retries"] == 0  # no gRPC retries under ours
+    assert options["grpc.max_send_message_length"] == 1024 * 1024 * 1024
+    assert options["grpc.max_receive_message_length"] == 7  # the caller's option wins
+    assert options["grpc.primary_user_agent"] == "fake-agent"
+    assert [type(i) for i in kwargs["interceptors"]] == [
+        aio.UnaryUnaryInterceptor,
+        aio.UnaryStreamInterceptor,
+        aio.StreamUnaryInterceptor,
+        aio.StreamStreamInterceptor,
+    ]
+    (call,) = fake.calls_to("PostModelOutputs")
+    assert credentials_sent(call) == [PAT_HEADER]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("target", "env", "expected"),
+    [
+        (None, None, "api.clarifai.com:443"),
+        (None, "fake-clarifai.example", "fake-clarifai.example:443"),
+        ("fake-host.example:8443", "fake-clarifai.example", "fake-host.example:8443"),
+    ],
+)
+async def test_secure_channel_target_options_and_interceptors(
+    monkeypatch: pytest.MonkeyPatch, target: str | None, env: str | None, expected: str
+) -> None:
+    if env is None:
+        monkeypatch.delenv("CLARIFAI_GRPC_BASE", raising=False)
+    else:
+        monkeypatch.setenv("CLARIFAI_GRPC_BASE", env)
+    real = grpc.aio.secure_channel
+    seen: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grpc.aio, "secure_channel", spy)
+    async with aio.secure_channel(target, KEY_CREDS, retry=None) as channel:
+        assert isinstance(channel, grpc.aio.Channel)
+    ((args, kwargs),) = seen
+    assert args[0] == expected
+    assert isinstance(args[1], grpc.ChannelCredentials)
+    assert dict(kwargs["options"])["grpc.enable_retries"] == 0
+    interceptors = kwargs["interceptors"]
+    assert len(interceptors) == 4
+    assert interceptors[0]._core.credentials is KEY_CREDS
+
+
+@pytest.mark.asyncio
+async def test_credentials_from_the_environment_are_read_when_built(
+    fake: FakeClarifai, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLARIFAI_PAT", "fake-env-pat-for-tests")
+    monkeypatch.setenv("CLARIFAI_USER_ID", "env-user")
+    monkeypatch.setenv("CLARIFAI_APP_ID", "env-app")
+    channel = aio.insecure_channel(fake.target, retry=FAST)
+    chain = aio.interceptors(retry=FAST)
+    monkeypatch.setenv("CLARIFAI_PAT", "fake-later-pat-for-tests")  # too late: already built
+    async with channel, grpc.aio.insecure_channel(fake.target, interceptors=chain) as other:
+        for built in (channel, other):
+            await service_pb2_grpc.V2Stub(built).PostModelOutputs(predict_request(), timeout=T)
+    for call in fake.calls_to("PostModelOutputs"):
+        assert credentials_sent(call) == [("authorization", "Key fake-env-pat-for-tests")]
+        assert call.request.user_app_id == resources_pb2.UserAppIDSet(
+            user_id="env-user", app_id="env-app"
+        )
+    assert len(fake.calls_to("PostModelOutputs")) == 2
+
+
+@pytest.mark.parametrize("how", ["insecure_channel", "wrap_channel", "intercept_channel"])
+def test_v2stub_works_in_a_fresh_interpreter(fake: FakeClarifai, how: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARIFAI_")}
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_SCRIPT, fake.target, how],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(SUCCESS)
+    (call,) = fake.calls_to("PostModelOutputs")
+    assert credentials_sent(call) == [PAT_HEADER]
+    assert call.request.user_app_id == UAI
+
+
+@pytest.mark.parametrize("how", ["insecure_channel", "interceptors"])
+def test_v2stub_works_in_a_fresh_interpreter_on_aio(fake: FakeClarifai, how: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLARIFAI_")}
+    done = subprocess.run(
+        [sys.executable, "-c", AIO_FRESH_SCRIPT, fake.target, how],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(SUCCESS)
+    (call,) = fake.calls_to("PostModelOutputs")
+    assert credentials_sent(call) == [PAT_HEADER]
+    assert call.request.user_app_id == UAI

@@ -6,13 +6,23 @@ import dataclasses
 import pickle
 from typing import Any
 
+import grpc
 import pytest
 from clarifai_grpc.grpc.api import resources_pb2, service_pb2
+from conftest import API_KEY, FAST, KEY_CREDS, PAT, PAT_CREDS, SESSION_CREDS, SESSION_TOKEN
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clarifai_interceptor import Credentials, MissingCredentialsError
+from clarifai_interceptor import (
+    ClarifaiInterceptor,
+    Credentials,
+    MissingCredentialsError,
+    aio,
+    insecure_channel,
+    wrap_channel,
+)
 from clarifai_interceptor._credentials import user_app_id_field
+from clarifai_interceptor.testing import FakeClarifai
 
 SECRET = "fake-secret-for-unit-tests"
 
@@ -194,3 +204,32 @@ def test_appended_field_equals_setting_it(message: Any) -> None:
     expected.CopyFrom(message)
     expected.user_app_id.CopyFrom(creds.user_app_id)
     assert type(message).FromString(wire) == expected
+
+
+# -- no secret in the reprs of interceptors and channels -------------------------------------
+
+
+def test_no_secret_in_reprs(fake: FakeClarifai) -> None:
+    interceptor = ClarifaiInterceptor(PAT_CREDS, retry=FAST)
+    with (
+        grpc.insecure_channel(fake.target) as raw,
+        insecure_channel(fake.target, SESSION_CREDS) as own,
+    ):
+        wrapped = wrap_channel(raw, KEY_CREDS)
+        texts = [repr(interceptor), str(interceptor), repr(wrapped), repr(own), str(own)]
+        texts += [repr(PAT_CREDS), repr(KEY_CREDS), repr(SESSION_CREDS), str(PAT_CREDS)]
+    for text in texts:
+        for secret in (PAT, API_KEY, SESSION_TOKEN):
+            assert secret not in text
+
+
+def test_no_secret_in_reprs_on_aio() -> None:
+    texts = [repr(i) for i in aio.interceptors(PAT_CREDS)]
+    texts += [
+        repr(aio.UnaryUnaryInterceptor(KEY_CREDS)),
+        str(aio.StreamUnaryInterceptor(SESSION_CREDS)),
+    ]
+    assert "UnaryUnaryInterceptor(retry=RetryPolicy(" in texts[0]
+    for text in texts:
+        for secret in (PAT, API_KEY, SESSION_TOKEN):
+            assert secret not in text

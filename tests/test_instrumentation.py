@@ -1,5 +1,5 @@
 """Instrumentation: the hook registry, the logging hook, the OpenTelemetry and Prometheus
-instruments, the secrets guard over exported telemetry, and the testing switch.
+instruments, the secrets guard over exported telemetry, and the retry log records end to end.
 
 Unit tests feed hand-made `RetryDetails` / `CallSummary` records through the registry's
 engine-facing functions; the gauges read real rate-limit and retry-budget buckets.
@@ -26,7 +26,20 @@ import grpc
 import pytest
 from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
 from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
-from conftest import PAT_CREDS
+from conftest import PAT, PAT_CREDS, AioPath, Path, T
+from helpers import (
+    ROOT,
+    STREAM_METHOD,
+    SUCCESS,
+    THROTTLED,
+    UNAVAILABLE,
+    aio_generate,
+    generate,
+    output,
+    predict_request,
+    read_all,
+    three_requests,
+)
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -34,7 +47,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
-import clarifai_interceptor.testing
 from clarifai_interceptor import (
     DEFAULT_RATE_LIMIT,
     ClarifaiInterceptor,
@@ -47,7 +59,7 @@ from clarifai_interceptor import (
 )
 from clarifai_interceptor._budget import TokenBucket
 from clarifai_interceptor._limiter import RateLimit
-from clarifai_interceptor._switch import TESTING, set_testing
+from clarifai_interceptor._switch import set_testing
 from clarifai_interceptor.instrumentation import (
     CallSummary,
     LoggingHook,
@@ -59,13 +71,11 @@ from clarifai_interceptor.instrumentation import (
     get_on_retry_hooks,
     set_on_retry_hooks,
 )
-from clarifai_interceptor.testing import Fail, FakeClarifai, Stream
+from clarifai_interceptor.testing import Fail, FakeClarifai, Status, Stream
 
-ROOT = FsPath(__file__).resolve().parent.parent
 METHOD = "/clarifai.api.V2/PostInputs"
 ATTRIBUTE_METHOD = "clarifai.api.V2/PostInputs"
 TARGET = "fake.target.example:443"
-SUCCESS = status_code_pb2.SUCCESS
 
 
 @pytest.fixture(autouse=True)
@@ -920,144 +930,8 @@ def test_secrets_guard_fails_a_test_whose_telemetry_carries_a_secret(tmp_path: F
     assert "fake-telemetry-probe-pat" not in output
 
 
-# -- the testing switch ----------------------------------------------------------------------
-
-
-def test_the_switch_is_off_by_default_and_changes_nothing_then() -> None:
-    assert not TESTING.active
-    assert TESTING.attempts is None
-    assert TESTING.wait(1.5) == 1.5
-    assert TESTING.max_attempts(5) == 5
-    assert repr(TESTING) == "<Testing off>"
-
-
-def test_set_testing_zeroes_waits_and_forces_or_caps_attempts() -> None:
-    set_testing(True)
-    assert TESTING.active
-    assert TESTING.wait(1.5) == 0.0
-    assert TESTING.max_attempts(5) == 5  # no attempts given: the policy's
-    assert repr(TESTING) == "<Testing on: attempts=policy's>"
-    set_testing(True, attempts=7)
-    assert TESTING.max_attempts(5) == 7  # forced, above the policy too
-    assert TESTING.max_attempts(1) == 7
-    set_testing(True, attempts=2, cap=True)
-    assert (TESTING.attempts, TESTING.cap) == (2, True)
-    assert TESTING.max_attempts(5) == 2
-    assert TESTING.max_attempts(1) == 1  # only lowered
-    assert repr(TESTING) == "<Testing on: attempts=2 (cap)>"
-    set_testing(False)
-    assert not TESTING.active
-    assert TESTING.max_attempts(5) == 5
-
-
-def test_set_testing_as_a_context_manager_restores_the_state_before() -> None:
-    set_testing(True, attempts=3)
-    with set_testing(False) as switch:
-        assert switch is TESTING
-        assert not TESTING.active
-        with set_testing(True, attempts=1):
-            assert TESTING.max_attempts(5) == 1
-        assert not TESTING.active
-    assert (TESTING.active, TESTING.attempts) == (True, 3)
-    with pytest.raises(RuntimeError), set_testing(True, attempts=9):
-        raise RuntimeError("restored even so")
-    assert TESTING.attempts == 3
-    assert repr(set_testing(True)) == "<set_testing on: leaving restores on>"
-
-
-@pytest.mark.parametrize(
-    ("on", "kwargs", "message"),
-    [
-        (True, {"attempts": 0}, "attempts must be an int >= 1"),
-        (True, {"attempts": -1}, "attempts must be an int >= 1"),
-        (True, {"attempts": True}, "attempts must be an int >= 1"),
-        (True, {"attempts": 1.5}, "attempts must be an int >= 1"),
-        (True, {"attempts": "2"}, "attempts must be an int >= 1"),
-        (False, {"attempts": 2}, "attempts applies only while testing is on"),
-        ("yes", {}, "on must be a bool"),
-        (1, {}, "on must be a bool"),
-        (True, {"cap": 1}, "cap must be a bool"),
-    ],
-)
-def test_set_testing_refuses_bad_values_and_changes_nothing(
-    on: Any, kwargs: dict[str, Any], message: str
-) -> None:
-    set_testing(True, attempts=4)
-    with pytest.raises(ValueError, match=message):
-        set_testing(on, **kwargs)
-    assert (TESTING.active, TESTING.attempts) == (True, 4)
-
-
-def test_the_switch_is_process_wide_across_threads_and_tasks() -> None:
-    seen: list[int] = []
-
-    def in_thread() -> None:
-        seen.append(TESTING.max_attempts(5))
-
-    async def in_task() -> int:
-        return TESTING.max_attempts(5)
-
-    with set_testing(True, attempts=2):
-        thread = threading.Thread(target=in_thread)
-        thread.start()
-        thread.join(timeout=10)
-        seen.append(asyncio.run(in_task()))
-    assert seen == [2, 2]
-
-
-def test_concurrent_switching_never_shows_half_a_state() -> None:
-    states = [(True, 2, False), (True, 9, True), (False, None, False)]
-    problems: list[object] = []
-    start = threading.Barrier(6)
-
-    def write(offset: int) -> None:
-        start.wait()
-        for i in range(2000):
-            on, attempts, cap = states[(i + offset) % 3]
-            set_testing(on, attempts=attempts, cap=cap)
-
-    def read() -> None:
-        start.wait()
-        for _ in range(4000):
-            # 2 (forced), min(9, 3) = 3 (capped), 3 (off: the policy's): never 9.
-            seen = TESTING.max_attempts(3)
-            if seen not in (2, 3):
-                problems.append(seen)
-
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(3)]
-    threads += [threading.Thread(target=read) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert problems == []
-
-
-def test_set_testing_is_reexported_from_testing() -> None:
-    assert clarifai_interceptor.testing.set_testing is _switch.set_testing
-    assert "set_testing" in clarifai_interceptor.testing.__all__
-
-
-@pytest.fixture
-def switch_checked_after() -> Iterator[None]:
-    """Set up before ``clarifai_testing``, so torn down after it: sees the state it restored."""
-    set_testing(True, attempts=6)
-    yield
-    assert (TESTING.active, TESTING.attempts) == (True, 6)
-
-
-def test_the_pytest_fixture_turns_testing_on_and_restores_after(
-    switch_checked_after: None, clarifai_testing: Callable[..., Any]
-) -> None:
-    assert TESTING.active
-    assert TESTING.attempts is None  # on, with each policy's attempts
-    clarifai_testing(True, attempts=3)
-    assert TESTING.max_attempts(5) == 3
-
-
 # -- end to end: a real server, every front end ----------------------------------------------
 
-THROTTLED = status_code_pb2.CONN_THROTTLED
 #: Exact waits: 0.01 s, then 0.02 s, ... (after a throttle too).
 EXACT = RetryPolicy(
     initial_backoff=0.01, throttle_backoff=0.01, multiplier=2.0, jitter=0.0, max_backoff=1.0
@@ -1618,3 +1492,81 @@ def test_e2e_the_happy_path_runs_no_instrumentation_code(fake: FakeClarifai, fro
     assert "retry_scheduled" in ran
     assert "on_call_end" in ran
     meters.shutdown()
+
+
+# -- the retry log records, end to end -------------------------------------------------------
+
+
+def test_one_debug_record_per_retry_and_no_secret(
+    path: Path, fake: FakeClarifai, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, gRPC's included, for the secret check
+    stub = path.stub()
+    fake.script("PostModelOutputs", UNAVAILABLE, Status(THROTTLED))
+    assert stub.PostModelOutputs(predict_request(), timeout=T).status.code == SUCCESS
+    ours = [r for r in caplog.records if r.name == "clarifai_interceptor"]
+    assert [r.levelno for r in ours] == [logging.DEBUG] * 2
+    first, second = (r.getMessage() for r in ours)
+    assert "PostModelOutputs" in first
+    assert "PostModelOutputs" in second
+    assert "UNAVAILABLE" in first
+    assert "CONN_THROTTLED" in second
+    assert re.search(r"\b1\b", first)
+    assert re.search(r"\b2\b", second)
+
+    # The other call shapes log too (each on a fresh channel, with a full retry budget).
+    fake.script("GenerateModelOutputs", UNAVAILABLE)
+    fake.script(STREAM_METHOD, Status(THROTTLED))
+    fake.script("PostModelOutputs", Status(status_code_pb2.MODEL_LOADING))
+    assert len(list(generate(path.stub()))) == 3
+    assert len(list(path.stub().StreamModelOutputs(three_requests(), timeout=T))) == 3
+    path.stub().PostModelOutputs.future(predict_request(), timeout=T).result(timeout=T)
+    ours = [r for r in caplog.records if r.name == "clarifai_interceptor"]
+    messages = [r.getMessage() for r in ours[2:]]
+    assert len(messages) == 3
+    assert "GenerateModelOutputs" in messages[0]
+    assert "UNAVAILABLE" in messages[0]
+    assert STREAM_METHOD in messages[1]
+    assert "CONN_THROTTLED" in messages[1]
+    assert "PostModelOutputs" in messages[2]
+    assert "MODEL_LOADING" in messages[2]
+
+    for record in caplog.records:
+        text = f"{record.getMessage()} {record.args!r} {record.__dict__!r}"
+        assert PAT not in text
+
+
+@pytest.mark.asyncio
+async def test_one_debug_record_per_retry_and_no_secret_on_aio(
+    aio_path: AioPath, fake: FakeClarifai, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, gRPC's and asyncio's included
+    fake.script("PostModelOutputs", UNAVAILABLE, output("busy", THROTTLED))
+    fake.script("GenerateModelOutputs", Stream([output("loading", status_code_pb2.MODEL_LOADING)]))
+    async with aio_path.stub() as stub:
+        assert (await stub.PostModelOutputs(predict_request(), timeout=T)).status.code == SUCCESS
+        assert len(await read_all(aio_generate(stub))) == 3
+    ours = [r for r in caplog.records if r.name == "clarifai_interceptor"]
+    assert [r.levelno for r in ours] == [logging.DEBUG] * 3
+    first, second, third = (r.getMessage() for r in ours)
+    assert "PostModelOutputs" in first
+    assert "UNAVAILABLE" in first
+    assert "PostModelOutputs" in second
+    assert "CONN_THROTTLED" in second
+    assert "GenerateModelOutputs" in third
+    assert "MODEL_LOADING" in third
+    for record in caplog.records:
+        assert PAT not in f"{record.getMessage()} {record.args!r} {record.__dict__!r}"
+
+
+def test_no_record_without_a_retry(
+    path: Path, fake: FakeClarifai, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="clarifai_interceptor")
+    stub = path.stub()
+    stub.PostModelOutputs(predict_request(), timeout=T)
+    assert len(list(generate(stub))) == 3
+    fake.script("PostModelOutputs", grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(grpc.RpcError):
+        stub.PostModelOutputs(predict_request(), timeout=T)
+    assert [r for r in caplog.records if r.name == "clarifai_interceptor"] == []

@@ -15,8 +15,10 @@ import inspect
 import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
+import textwrap
 import time
 import traceback
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ import grpc
 import pytest
 from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
 from clarifai_grpc.grpc.api.status import status_code_pb2
+from conftest import T
+from helpers import ROOT
 
 from clarifai_interceptor import (
     ClarifaiInterceptor,
@@ -41,9 +45,6 @@ from clarifai_interceptor._closing import CLOSED_DETAILS
 from clarifai_interceptor._metadata import for_attempt, merge
 from clarifai_interceptor._secret import REDACTED, CredentialPair, Pairs, SafeMetadata
 from clarifai_interceptor.testing import Fail, FakeClarifai
-
-T = 10
-ROOT = FsPath(__file__).resolve().parent.parent
 
 PAT = "fake-pat-for-secrecy-tests"
 TOKEN = "fake-token-for-secrecy-tests"
@@ -70,7 +71,7 @@ def with_locals(exc: BaseException) -> str:
     return "".join(traceback.TracebackException.from_exception(exc, capture_locals=True).format())
 
 
-# -- comparison output, introspection, pickles (item 2) ------------------------------------------
+# -- comparison output, introspection, pickles (item 2) --------------------------------------
 
 
 _FAILING_TESTS = """
@@ -171,7 +172,7 @@ def test_secrets_compare_by_value_and_stay_usable() -> None:
         Secret(b"bytes")  # type: ignore[arg-type]
 
 
-# -- the metadata we pass around (item 3) --------------------------------------------------------
+# -- the metadata we pass around (item 3) ----------------------------------------------------
 
 
 def test_metadata_we_build_redacts_credentials_in_its_repr() -> None:
@@ -192,7 +193,7 @@ def test_metadata_we_build_redacts_credentials_in_its_repr() -> None:
     assert list(sent) == list(retry)
 
 
-# -- calls that fail, locals captured, on every path ---------------------------------------------
+# -- calls that fail, locals captured, on every path -----------------------------------------
 
 
 def sync_channel(kind: str, target: str, *below: Any) -> grpc.Channel:
@@ -327,7 +328,7 @@ def test_a_retry_that_could_not_start_shows_no_secret_in_locals(kind: str) -> No
         assert_hidden(text, f"the locals of the {kind}'s 'a retry could not start' record")
 
 
-# -- call details handed to an interceptor stacked below ours ------------------------------------
+# -- call details handed to an interceptor stacked below ours --------------------------------
 
 
 class _LoggingInterceptor(
@@ -457,3 +458,114 @@ def test_the_rate_limiter_keys_by_the_revealed_secret() -> None:
     assert bucket is bucket_for(DEFAULT_RATE_LIMIT, PAT, "fake-target:443")
     assert core.limiter(OTHER_CREDS) is not bucket  # another secret, another bucket
     assert core.limiter(Credentials.from_pat(PAT, user_id="fake-user")) is bucket
+
+
+# -- helpers of the tests below --------------------------------------------------------------
+GUARD_PROBE = textwrap.dedent(
+    """
+    import logging
+    import warnings
+
+    import pytest
+
+    from clarifai_interceptor import Credentials
+
+    # Built from parts: the secrets must never appear in pytest's output, not even as source.
+    SECRET = "-".join(["fake", "guard", "probe", "pat"])
+    OTHER = "-".join(["fake", "guard", "other", "pat"])
+    SHORT = "-".join(["f", "k"])
+
+
+    def test_clean():
+        creds = Credentials.from_pat(SECRET, user_id="u")
+        logging.getLogger("clarifai_interceptor").debug("built %r", creds)
+        assert repr(creds)
+
+
+    def test_debug_record():
+        Credentials.from_pat(SECRET, user_id="u")
+        logging.getLogger("clarifai_interceptor").debug("retrying with %s", SECRET)
+
+
+    def test_warning():
+        with pytest.warns(UserWarning):
+            warnings.warn("token " + SECRET, UserWarning, stacklevel=1)
+
+
+    def test_caught_exception():
+        with pytest.raises(ValueError):
+            raise ValueError("bad " + SECRET)
+
+
+    def test_secret_of_a_later_test():
+        logging.getLogger("elsewhere").warning("%s", OTHER)  # not a secret yet: passes
+
+
+    def test_builds_other():
+        Credentials.from_api_key(OTHER)
+
+
+    def test_secret_of_an_earlier_test():
+        logging.getLogger("elsewhere").warning("%s", OTHER)
+
+
+    def test_short_secrets_are_not_tracked():
+        Credentials.from_api_key(SHORT + "x")
+        logging.getLogger("elsewhere").warning("x%sx", SHORT)
+    """
+)
+
+
+# -- the secrets guard itself ----------------------------------------------------------------
+
+
+def test_secrets_guard_fails_a_test_that_leaks_and_never_prints_the_secret(
+    tmp_path: FsPath,
+) -> None:
+    (tmp_path / "test_probe.py").write_text(GUARD_PROBE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "tests.secrets_guard",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            str(tmp_path / "pytest.ini"),
+            "--rootdir",
+            str(tmp_path),
+            "-rfp",
+            str(tmp_path / "test_probe.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    outcomes = {
+        name: outcome
+        for outcome, name in re.findall(r"^(PASSED|FAILED) \S+::(\w+)", output, re.MULTILINE)
+    }
+    assert outcomes == {
+        "test_clean": "PASSED",
+        "test_debug_record": "FAILED",
+        "test_warning": "FAILED",
+        "test_caught_exception": "FAILED",
+        # The guard tracks a secret from when it is built, then for the rest of the session.
+        "test_secret_of_a_later_test": "PASSED",
+        "test_builds_other": "PASSED",
+        "test_secret_of_an_earlier_test": "FAILED",
+        "test_short_secrets_are_not_tracked": "PASSED",
+    }, output
+    assert "a log record of logger 'clarifai_interceptor'" in output
+    assert "a warning" in output
+    assert "caught by pytest.raises" in output
+    assert "first seen in test_probe.py::test_builds_other" in output
+    assert "fake-guard-probe-pat" not in output
+    assert "fake-guard-other-pat" not in output

@@ -1,8 +1,10 @@
-"""The testing switch's blocks: nested and overlapping, in threads and asyncio tasks.
+"""Testing mode (`set_testing`): its values, the pytest fixture, the state left by nested and
+overlapping blocks in one thread, in threads and in asyncio tasks, and that testing mode books no
+rate-limiter slots.
 
-Each block sets ``attempts`` of its own, so the state in force names the block it comes from.
-Orderings are deterministic: a block in a thread or task is entered, left, and does things
-inside on cue, each step finished before the next begins.
+Each block of the switch tests sets ``attempts`` of its own, so the state in force names the block
+it comes from. Orderings are deterministic: a block in a thread or task is entered, left, and does
+things inside on cue, each step finished before the next begins.
 """
 
 from __future__ import annotations
@@ -11,18 +13,22 @@ import asyncio
 import gc
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
+from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
+from clarifai_grpc.grpc.api.status import status_code_pb2
+from conftest import FAST, PAT_CREDS, Path, T
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clarifai_interceptor import _switch
+import clarifai_interceptor.testing
+from clarifai_interceptor import _switch, aio
 from clarifai_interceptor._switch import TESTING, set_testing
-
-#: Seconds any one step may take.
-T = 10
+from clarifai_interceptor.testing import FakeClarifai, Status
 
 State = tuple[bool, int | None, bool]
 OFF: State = (False, None, False)
@@ -600,3 +606,370 @@ def test_property_blocks_in_threads_in_any_order_leave_nothing_behind(order: lis
         assert now() == expected(OFF, opened)
     assert now() == OFF
     assert layers() == 1
+
+
+# -- helpers of the tests below --------------------------------------------------------------
+METHOD = "ListModels"
+
+#: A call's timeout that bounds its wait for a rate-limit permit to 5 s: at the rate the
+#: limiter starts from after a throttle (about 15/s), 75 booked slots fill it.
+BOUNDED = 5.0
+
+#: Calls made in testing mode: twice what fits in `BOUNDED` at that rate.
+CALLS = 150
+
+#: Calls that fit in `T` at that rate (about 5 s of slots): all succeed even if booked.
+FEW = 75
+
+#: "At once": well under the 5 s the booked slots would make the next call wait. The call after
+#: the block has this timeout, so that the limiter refuses it at once rather than wait 5 s.
+PROMPT = 2.5
+
+
+@pytest.fixture(autouse=True)
+def _testing_off() -> Iterator[None]:
+    """Each test starts and ends with testing mode off (a test that fails may leave it on)."""
+    set_testing(False)
+    yield
+    set_testing(False)
+
+
+def list_models(stub: service_pb2_grpc.V2Stub, timeout: float) -> service_pb2.MultiModelResponse:
+    return stub.ListModels(service_pb2.ListModelsRequest(), timeout=timeout)
+
+
+def throttle_once(fake: FakeClarifai) -> None:
+    """The next call is throttled once (then retried): the adaptive limiter wakes and paces."""
+    fake.script(METHOD, Status(status_code_pb2.CONN_THROTTLED))
+
+
+def timed_call(stub: service_pb2_grpc.V2Stub) -> tuple[float, object]:
+    """One call with a `PROMPT` timeout (the limiter refuses at once a permit it cannot give
+    within it): the seconds it took, and its response or its error."""
+    started = time.monotonic()
+    try:
+        outcome: object = list_models(stub, PROMPT)
+    except grpc.RpcError as exc:
+        outcome = exc
+    return time.monotonic() - started, outcome
+
+
+def refusal(stub: service_pb2_grpc.V2Stub) -> grpc.RpcError | None:
+    """One call with the `BOUNDED` timeout: its error, or None if it succeeded."""
+    try:
+        list_models(stub, BOUNDED)
+    except grpc.RpcError as exc:
+        return exc
+    return None
+
+
+async def aio_refusal(stub: service_pb2_grpc.V2Stub) -> grpc.RpcError | None:
+    """`refusal` on an aio channel."""
+    try:
+        await stub.ListModels(service_pb2.ListModelsRequest(), timeout=BOUNDED)
+    except grpc.RpcError as exc:
+        return exc
+    return None
+
+
+def refusals(refused: list[tuple[int, grpc.RpcError]]) -> str:
+    number, error = refused[0]
+    return f"{len(refused)} of {CALLS} calls refused in testing mode, from call {number}: {error!r}"
+
+
+def assert_prompt_success(took: float, outcome: object) -> None:
+    assert not isinstance(outcome, grpc.RpcError), (
+        f"the call after the block found no permit within {PROMPT} s: {outcome!r}"
+    )
+    assert outcome.status.code == status_code_pb2.SUCCESS  # type: ignore[attr-defined]
+    assert took < PROMPT, f"the call after the block waited {took:.2f} s for the limiter"
+
+
+class Block(threading.Thread):
+    """A thread inside ``with set_testing(True)`` from `enter` until `leave`; it notes
+    whether testing mode is on just before it leaves."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self._entered = threading.Event()
+        self._leave = threading.Event()
+        self.on_before_leaving: bool | None = None
+
+    def run(self) -> None:
+        with set_testing(True):
+            self._entered.set()
+            self._leave.wait(T)
+            self.on_before_leaving = TESTING.active
+
+    def enter(self) -> None:
+        self.start()
+        assert self._entered.wait(T)
+
+    def leave(self) -> None:
+        self._leave.set()
+        self.join(T)
+        assert not self.is_alive()
+
+
+@pytest.fixture
+def switch_on_before() -> Iterator[None]:
+    """Set up before ``clarifai_testing``, so torn down after it: sees the state it restored."""
+    set_testing(True, attempts=6)
+    yield
+    assert (TESTING.active, TESTING.attempts) == (True, 6)
+
+
+# -- set_testing: the switch's values and the pytest fixture ---------------------------------
+
+
+def test_the_switch_is_off_by_default_and_changes_nothing_then() -> None:
+    assert not TESTING.active
+    assert TESTING.attempts is None
+    assert TESTING.wait(1.5) == 1.5
+    assert TESTING.max_attempts(5) == 5
+    assert repr(TESTING) == "<Testing off>"
+
+
+def test_set_testing_zeroes_waits_and_forces_or_caps_attempts() -> None:
+    set_testing(True)
+    assert TESTING.active
+    assert TESTING.wait(1.5) == 0.0
+    assert TESTING.max_attempts(5) == 5  # no attempts given: the policy's
+    assert repr(TESTING) == "<Testing on: attempts=policy's>"
+    set_testing(True, attempts=7)
+    assert TESTING.max_attempts(5) == 7  # forced, above the policy too
+    assert TESTING.max_attempts(1) == 7
+    set_testing(True, attempts=2, cap=True)
+    assert (TESTING.attempts, TESTING.cap) == (2, True)
+    assert TESTING.max_attempts(5) == 2
+    assert TESTING.max_attempts(1) == 1  # only lowered
+    assert repr(TESTING) == "<Testing on: attempts=2 (cap)>"
+    set_testing(False)
+    assert not TESTING.active
+    assert TESTING.max_attempts(5) == 5
+
+
+def test_set_testing_as_a_context_manager_restores_the_state_before() -> None:
+    set_testing(True, attempts=3)
+    with set_testing(False) as switch:
+        assert switch is TESTING
+        assert not TESTING.active
+        with set_testing(True, attempts=1):
+            assert TESTING.max_attempts(5) == 1
+        assert not TESTING.active
+    assert (TESTING.active, TESTING.attempts) == (True, 3)
+    with pytest.raises(RuntimeError), set_testing(True, attempts=9):
+        raise RuntimeError("restored even so")
+    assert TESTING.attempts == 3
+    assert repr(set_testing(True)) == "<set_testing on: leaving restores on>"
+
+
+@pytest.mark.parametrize(
+    ("on", "kwargs", "message"),
+    [
+        (True, {"attempts": 0}, "attempts must be an int >= 1"),
+        (True, {"attempts": -1}, "attempts must be an int >= 1"),
+        (True, {"attempts": True}, "attempts must be an int >= 1"),
+        (True, {"attempts": 1.5}, "attempts must be an int >= 1"),
+        (True, {"attempts": "2"}, "attempts must be an int >= 1"),
+        (False, {"attempts": 2}, "attempts applies only while testing is on"),
+        ("yes", {}, "on must be a bool"),
+        (1, {}, "on must be a bool"),
+        (True, {"cap": 1}, "cap must be a bool"),
+    ],
+)
+def test_set_testing_refuses_bad_values_and_changes_nothing(
+    on: Any, kwargs: dict[str, Any], message: str
+) -> None:
+    set_testing(True, attempts=4)
+    with pytest.raises(ValueError, match=message):
+        set_testing(on, **kwargs)
+    assert (TESTING.active, TESTING.attempts) == (True, 4)
+
+
+def test_the_switch_is_process_wide_across_threads_and_tasks() -> None:
+    seen: list[int] = []
+
+    def in_thread() -> None:
+        seen.append(TESTING.max_attempts(5))
+
+    async def in_task() -> int:
+        return TESTING.max_attempts(5)
+
+    with set_testing(True, attempts=2):
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        thread.join(timeout=10)
+        seen.append(asyncio.run(in_task()))
+    assert seen == [2, 2]
+
+
+def test_concurrent_switching_never_shows_half_a_state() -> None:
+    states = [(True, 2, False), (True, 9, True), (False, None, False)]
+    problems: list[object] = []
+    start = threading.Barrier(6)
+
+    def write(offset: int) -> None:
+        start.wait()
+        for i in range(2000):
+            on, attempts, cap = states[(i + offset) % 3]
+            set_testing(on, attempts=attempts, cap=cap)
+
+    def read() -> None:
+        start.wait()
+        for _ in range(4000):
+            # 2 (forced), min(9, 3) = 3 (capped), 3 (off: the policy's): never 9.
+            seen = TESTING.max_attempts(3)
+            if seen not in (2, 3):
+                problems.append(seen)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(3)]
+    threads += [threading.Thread(target=read) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert problems == []
+
+
+def test_set_testing_is_reexported_from_testing() -> None:
+    assert clarifai_interceptor.testing.set_testing is _switch.set_testing
+    assert "set_testing" in clarifai_interceptor.testing.__all__
+
+
+def test_the_pytest_fixture_turns_testing_on_and_restores_after(
+    switch_on_before: None, clarifai_testing: Callable[..., Any]
+) -> None:
+    assert TESTING.active
+    assert TESTING.attempts is None  # on, with each policy's attempts
+    clarifai_testing(True, attempts=3)
+    assert TESTING.max_attempts(5) == 3
+
+
+# -- testing mode and the rate limiter -------------------------------------------------------
+
+
+def test_testing_mode_skips_the_limiters_waits_without_booking_its_slots(
+    path: Path, fake: FakeClarifai
+) -> None:
+    """After a throttle wakes the limiter, 150 calls in a row in testing mode all succeed (none
+    is refused for the waits testing mode skipped), and after the block a call on a new channel
+    with the same PAT goes at once."""
+    throttle_once(fake)
+    refused: list[tuple[int, grpc.RpcError]] = []
+    with set_testing(True):
+        stub = path.stub()
+        for number in range(1, CALLS + 1):
+            error = refusal(stub)
+            if error is not None:
+                refused.append((number, error))
+    assert not refused, refusals(refused)
+    assert len(fake.calls_to(METHOD)) == CALLS + 1  # the throttled attempt, then one each
+    assert_prompt_success(*timed_call(path.stub()))
+
+
+@pytest.mark.asyncio
+async def test_testing_mode_books_no_limiter_slots_on_aio(fake: FakeClarifai) -> None:
+    """On an aio channel, after a throttle, 150 calls in a row in testing mode all succeed,
+    and after the block a call on a new aio channel with the same PAT goes at once."""
+    throttle_once(fake)
+    refused: list[tuple[int, grpc.RpcError]] = []
+    with set_testing(True):
+        async with aio.insecure_channel(fake.target, PAT_CREDS, retry=FAST) as channel:
+            stub = service_pb2_grpc.V2Stub(channel)
+            for number in range(1, CALLS + 1):
+                error = await aio_refusal(stub)
+                if error is not None:
+                    refused.append((number, error))
+    assert not refused, refusals(refused)
+    async with aio.insecure_channel(fake.target, PAT_CREDS, retry=FAST) as channel:
+        stub = service_pb2_grpc.V2Stub(channel)
+        started = time.monotonic()
+        try:
+            outcome: object = await stub.ListModels(service_pb2.ListModelsRequest(), timeout=PROMPT)
+        except grpc.RpcError as exc:
+            outcome = exc
+        took = time.monotonic() - started
+    assert_prompt_success(took, outcome)
+
+
+def test_limiter_slots_skipped_in_testing_mode_do_not_outlive_the_block(
+    path: Path, fake: FakeClarifai
+) -> None:
+    """Calls made in testing mode after a throttle leave no slots booked behind them: once the
+    block ends, a call on a new channel with the same PAT goes at once (not after the seconds
+    of slots the block's calls would have waited for)."""
+    throttle_once(fake)
+    with set_testing(True):
+        stub = path.stub()
+        for _ in range(FEW):
+            list_models(stub, T)
+    assert_prompt_success(*timed_call(path.stub()))
+
+
+# -- overlapping blocks (end to end) ---------------------------------------------------------
+
+
+def test_blocks_overlapping_in_two_threads_leave_testing_off() -> None:
+    """A enters, B enters, A leaves, B leaves: testing mode is off after both (and B, still
+    inside when A left, still had it on)."""
+    a, b = Block(), Block()
+    a.enter()
+    b.enter()
+    a.leave()
+    b.leave()
+    assert not TESTING.active, "testing mode stayed on after both blocks ended"
+    assert b.on_before_leaving, "A leaving turned testing mode off while B was still inside"
+
+
+@pytest.mark.asyncio
+async def test_blocks_overlapping_in_two_tasks_leave_testing_off() -> None:
+    """Two asyncio tasks: A enters, B enters, A leaves, B leaves; testing mode is off after
+    both (and B, still inside when A left, still had it on)."""
+    entered = {"a": asyncio.Event(), "b": asyncio.Event()}
+    leave = {"a": asyncio.Event(), "b": asyncio.Event()}
+    on_before_leaving: dict[str, bool] = {}
+
+    async def block(name: str) -> None:
+        with set_testing(True):
+            entered[name].set()
+            await leave[name].wait()
+            on_before_leaving[name] = TESTING.active
+
+    a = asyncio.ensure_future(block("a"))
+    await asyncio.wait_for(entered["a"].wait(), T)
+    b = asyncio.ensure_future(block("b"))
+    await asyncio.wait_for(entered["b"].wait(), T)
+    leave["a"].set()
+    await asyncio.wait_for(a, T)
+    leave["b"].set()
+    await asyncio.wait_for(b, T)
+    assert not TESTING.active, "testing mode stayed on after both blocks ended"
+    assert on_before_leaving["b"], "A leaving turned testing mode off while B was still inside"
+
+
+def test_a_block_left_in_another_thread_keeps_testing_on_for_the_one_inside() -> None:
+    """A enters, B enters, B leaves: testing mode is still on for A; A leaves: it is off."""
+    a, b = Block(), Block()
+    a.enter()
+    b.enter()
+    b.leave()
+    a.leave()
+    assert a.on_before_leaving, "B leaving turned testing mode off while A was still inside"
+    assert not TESTING.active, "testing mode stayed on after both blocks ended"
+
+
+def test_nested_blocks_in_one_thread_restore_each_state() -> None:
+    """Nested blocks in one thread: each one's exit restores the state before it."""
+    with set_testing(True):
+        assert TESTING.active
+        assert TESTING.attempts is None
+        with set_testing(True, attempts=2):
+            assert TESTING.attempts == 2
+            with set_testing(False):
+                assert not TESTING.active
+            assert TESTING.active
+            assert TESTING.attempts == 2
+        assert TESTING.active
+        assert TESTING.attempts is None
+    assert not TESTING.active
