@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Generator
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
 
 import grpc
 import tenacity as _t
@@ -53,23 +53,49 @@ __all__ = [
 ]
 
 
-class Ask(NamedTuple):
-    """Ask the rate limiter's bucket: ``bucket.<op>(*args)``."""
+# The steps are tuples built in C (``Send((n,))``): a NamedTuple's Python ``__new__`` cost more
+# than the rest of a step on the happy path.
+class Ask(tuple[str, tuple[Any, ...]]):
+    """Ask the rate limiter's bucket: ``bucket.<op>(*args)``; ``Ask((op, args))``."""
 
-    op: str
-    args: tuple[Any, ...]
+    __slots__ = ()
+
+    @property
+    def op(self) -> str:
+        return self[0]
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"Ask{tuple(self)!r}"
 
 
-class Wait(NamedTuple):
-    """Wait ``seconds`` before the next attempt."""
+class Wait(tuple[float]):
+    """Wait ``seconds`` before the next attempt; ``Wait((seconds,))``."""
 
-    seconds: float
+    __slots__ = ()
+
+    @property
+    def seconds(self) -> float:
+        return self[0]
+
+    def __repr__(self) -> str:
+        return f"Wait({self[0]!r})"
 
 
-class Send(NamedTuple):
-    """Start attempt ``number`` and send back its outcome."""
+class Send(tuple[int]):
+    """Start attempt ``number`` and send back its outcome; ``Send((number,))``."""
 
-    number: int
+    __slots__ = ()
+
+    @property
+    def number(self) -> int:
+        return self[0]
+
+    def __repr__(self) -> str:
+        return f"Send({self[0]!r})"
 
 
 Step = Ask | Wait | Send
@@ -283,8 +309,8 @@ class Attempts:
     def flow(self, first: object = NOTHING) -> Flow:
         """The call's steps (see the module's docstring); returns the final outcome.
 
-        ``first``: the first attempt's outcome, when the caller sent it itself (the wrapper's
-        fast path); its permit, if any, was given to the constructor.
+        ``first``: the first attempt's outcome, when the caller sent it itself (the happy path
+        of ``_drivers.drive``), under the permit it took (`hold`).
 
         Raises:
             RateLimitedError: The rate limiter refused the first attempt (nothing was sent).
@@ -293,7 +319,7 @@ class Attempts:
             permit = self.permit
             if permit is None and self.limiter is not None:
                 bound = permit_bound(self.deadline, self.limit_wait)
-                permit = yield Ask("acquire", (0.0, bound))
+                permit = yield Ask(("acquire", (0.0, bound)))
                 if permit is None:
                     raise self.refused(bound)
                 self.permit, self.unsent = permit, True
@@ -306,7 +332,14 @@ class Attempts:
             self.sent, self.unsent = 1, False  # the caller sent it under the permit given
         outcome = first
         while True:
-            wait = yield from self._after(outcome)
+            wait, throttled = self._judge(outcome)
+            limiter = self.limiter
+            if limiter is not None and (
+                wait is not None or throttled or delivered(limiter, outcome)
+            ):  # only then has the limiter anything to say: the happy path skips it
+                wait = yield from self._paced(limiter, outcome, wait, throttled)
+            elif wait is not None:
+                wait = self._scheduled(outcome, wait)
             if wait is None:
                 self._final(outcome)
                 return outcome
@@ -315,6 +348,14 @@ class Attempts:
                 return ended
             self.resume()
             outcome = yield self._send()
+
+    def hold(self, permit: Permit) -> None:
+        """The happy path took the first permit itself (``_drivers.go_now``)."""
+        self.permit, self.unsent = permit, True
+
+    def sending(self) -> None:
+        """The happy path sends the first attempt itself, under the permit held."""
+        self.sent, self.unsent = 1, False
 
     def refused(self, bound: float | None) -> RateLimitedError:
         """The error of a call whose first permit the limiter refused (no wait within
@@ -328,13 +369,13 @@ class Attempts:
     def _send(self) -> Send:
         self.sent += 1
         self.unsent = False
-        return Send(self.number)
+        return Send((self.number,))
 
     def _wait(self, seconds: float) -> Generator[Step, Any, CancelledCall | None]:
         """Wait ``seconds``, then recheck the permit (and wait as long more as a cut since it
         says); the outcome that ended the wait, or None."""
         while seconds > 0:
-            ended = yield Wait(seconds)
+            ended = yield Wait((seconds,))
             if ended is not None:
                 yield from self._give_back()
                 self._final(ended)
@@ -343,7 +384,7 @@ class Attempts:
             permit = self.permit
             if self.limiter is not None and permit is not None:
                 bound = permit_bound(self.retry_until, self.limit_wait)
-                moved = yield Ask("recheck", (permit, bound))
+                moved = yield Ask(("recheck", (permit, bound)))
                 if moved is not permit:  # the limiter cut its rate meanwhile: the new slot
                     self.permit = moved
                     seconds = TESTING.wait(moved.wait)
@@ -355,28 +396,27 @@ class Attempts:
         """Give the limiter back the permit no attempt used."""
         if self.unsent and self.limiter is not None and self.permit is not None:
             self.unsent = False
-            yield Ask("release", (self.permit,))
+            yield Ask(("release", (self.permit,)))
 
-    def _after(self, outcome: object) -> Generator[Step, Any, float | None]:
-        """Judge ``outcome``: seconds to wait before the next attempt, or None if final."""
-        wait, throttled = self._judge(outcome)
-        limiter = self.limiter
-        if limiter is not None:
-            permit = self.permit
-            if permit is not None and (throttled or delivered(limiter, outcome)):
-                yield Ask("feedback", (permit, throttled))
-            if wait is not None:
-                permit = yield Ask("acquire", (wait, self._bound(wait)))
-                if permit is None:
-                    self.cut_by = "limiter"
-                    return None
-                self.permit, self.unsent = permit, True
-                if permit.wait > wait:
-                    wait = permit.wait
-                    if self._retry is not None:
-                        self._retry.reason = "limiter"
+    def _paced(
+        self, limiter: Bucket, outcome: object, wait: float | None, throttled: bool
+    ) -> Generator[Step, Any, float | None]:
+        """Tell ``limiter`` of ``outcome``, and pace the retry ``wait`` says (None: final):
+        seconds to wait before the next attempt, or None."""
+        permit = self.permit
+        if permit is not None and (throttled or delivered(limiter, outcome)):
+            yield Ask(("feedback", (permit, throttled)))
         if wait is None:
             return None
+        permit = yield Ask(("acquire", (wait, self._bound(wait))))
+        if permit is None:
+            self.cut_by = "limiter"
+            return None
+        self.permit, self.unsent = permit, True
+        if permit.wait > wait:
+            wait = permit.wait
+            if self._retry is not None:
+                self._retry.reason = "limiter"
         return self._scheduled(outcome, wait)
 
     def _judge(self, outcome: object) -> tuple[float | None, bool]:
@@ -464,9 +504,10 @@ class Attempts:
         """Do an `Ask` step in this thread."""
         return getattr(self.limiter, step.op)(*step.args)
 
-    async def ask_async(self, step: Ask) -> Any:
-        """Do an `Ask` step under ``grpc.aio``: a shared limiter's I/O never blocks the loop."""
-        return await getattr(self.limiter, step.op + "_async")(*step.args)
+    def ask_async(self, step: Ask) -> Awaitable[Any]:
+        """Do an `Ask` step under ``grpc.aio`` (await it): a shared limiter's I/O never blocks
+        the loop."""
+        return getattr(self.limiter, step.op + "_async")(*step.args)  # type: ignore[no-any-return]
 
     def sleep(self, seconds: float) -> CancelledCall | None:
         """Do a `Wait` step in this thread: None, or `closed()` if the channel closed."""

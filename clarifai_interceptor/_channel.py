@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 
-from ._attempts import delivered, final_at_once, permit_bound
 from ._calls import Retried, response_stream, unary_response
 from ._context import RETRY, CredentialsSource, below_us, outer
 from ._core import DEFAULT_RETRY, Core
@@ -206,20 +205,16 @@ class _UnaryResponse(_Callable):
         return self._unary("__call__", request, self._streaming, timeout, metadata, extra)
 
     def _plain(self, request: Any, timeout: float | None) -> Any:
-        """The commonest call (a unary request, no metadata or options) in the fewest steps:
-        sent at once when the limiter has a permit now, and answered if the first outcome is
-        final. Anything else (a wait for a permit, a retry) goes to the flow."""
+        """The commonest call (a unary request, no metadata or options) in the fewest steps;
+        `drive` sends it at once when nothing needs the flow."""
         core = self._core
         credentials = core.credentials_now()
         pairs = credentials.metadata
         policy = RETRY.get() or self._policy
-        testing = TESTING.active
-        if testing:
-            policy = for_testing(policy)
-        started = time.monotonic()
         deadline = policy.deadline(timeout)
         data = to_bytes(self._serialize, credentials, request)
         mc = self._mc
+        attempts = core.attempts(policy, self._method, deadline, core.limiter(credentials))
 
         def attempt(number: int) -> Any:
             try:
@@ -227,28 +222,7 @@ class _UnaryResponse(_Callable):
             except grpc.RpcError as exc:
                 return exc
 
-        limiter = None if testing or core.closing.closed else core.limiter(credentials)
-        permit = None
-        if limiter is not None:  # dormant until the first throttle: then it paces
-            bound = permit_bound(deadline, core.limit_wait)
-            permit = limiter.acquire(0.0, bound)
-            if permit is None or permit.wait:  # refused, or a wait: the flow's
-                attempts = core.attempts(policy, self._method, deadline, limiter, permit, started)
-                if permit is None:
-                    raise attempts.refused(bound)
-                outcome = drive(attempts, attempt)
-                if isinstance(outcome, grpc.RpcError):
-                    raise outcome
-                return outcome
-        try:
-            outcome = mc(data, timeout=time_left(deadline), metadata=pairs)
-        except grpc.RpcError as exc:
-            outcome = exc
-        if not final_at_once(policy, core.bucket(policy), outcome):
-            attempts = core.attempts(policy, self._method, deadline, limiter, permit, started)
-            outcome = drive(attempts, attempt, flow=attempts.flow(outcome))
-        elif limiter is not None and permit is not None and delivered(limiter, outcome):
-            limiter.feedback(permit, False)  # a success under an active limiter: delivered
+        outcome = drive(attempts, attempt)
         if isinstance(outcome, grpc.RpcError):
             raise outcome
         return outcome

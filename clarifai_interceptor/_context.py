@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -18,8 +18,8 @@ __all__ = [
     "OUTER",
     "RETRY",
     "CredentialsSource",
+    "Marking",
     "below_us",
-    "below_us_async",
     "check_source",
     "outer",
     "use_credentials",
@@ -36,23 +36,31 @@ RETRY: ContextVar[RetryPolicy | None] = ContextVar("clarifai_interceptor.retry",
 #: The mark of a layer of ours starting an attempt (`below_us`): a layer of ours below it (our
 #: interceptor under our channel, or the reverse) passes that call through as it comes, so that
 #: the outer layer alone authenticates, retries and paces it. Read it with `outer`.
-OUTER: ContextVar[_Mark | None] = ContextVar("clarifai_interceptor.outer", default=None)
+OUTER: ContextVar[Marking | None] = ContextVar("clarifai_interceptor.outer", default=None)
 
 _T = TypeVar("_T")
 
 
-class _Mark:
-    """Who is starting an attempt: a thread, and the asyncio task on it (or None), while it
+class Marking:
+    """Marks the start of an attempt by a layer of ours, as a context manager: a layer of ours
+    it reaches on this thread and task passes the call through (`outer`), and nothing else
     does. gRPC copies the context into its own threads (which run done-callbacks for a
     channel's life) and ``grpc.aio`` into callback contexts: there the mark is another
     thread's or task's, or no longer live, and a call made there gets everything of ours."""
 
-    __slots__ = ("live", "task", "thread")
+    __slots__ = ("_token", "live", "task", "thread")
 
     def __init__(self) -> None:
         self.thread = threading.get_ident()
         self.task = _task()
         self.live = True
+
+    def __enter__(self) -> None:
+        self._token = OUTER.set(self)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.live = False
+        OUTER.reset(self._token)
 
 
 def _task() -> object:
@@ -72,26 +80,9 @@ def outer() -> bool:
 
 
 def below_us(start: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """``start(*args, **kwargs)`` marked: a layer of ours it reaches on this thread passes
-    the call through (and nothing else does: see `_Mark`)."""
-    mark = _Mark()
-    token = OUTER.set(mark)
-    try:
+    """``start(*args, **kwargs)`` marked (`Marking`)."""
+    with Marking():
         return start(*args, **kwargs)
-    finally:
-        mark.live = False
-        OUTER.reset(token)
-
-
-async def below_us_async(start: Callable[..., Awaitable[_T]], *args: Any) -> _T:
-    """`below_us` for ``grpc.aio``: marked while ``start(*args)`` is awaited in this task."""
-    mark = _Mark()
-    token = OUTER.set(mark)
-    try:
-        return await start(*args)
-    finally:
-        mark.live = False
-        OUTER.reset(token)
 
 
 def check_source(credentials: object) -> None:

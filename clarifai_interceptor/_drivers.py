@@ -12,10 +12,19 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ._attempts import NOTHING, Ask, Attempts, Flow, Send
+from ._attempts import (
+    NOTHING,
+    Ask,
+    Attempts,
+    Flow,
+    Send,
+    delivered,
+    final_at_once,
+    permit_bound,
+)
 from ._closing import CancelledCall
 
-__all__ = ["Done", "advance", "advance_async", "drive"]
+__all__ = ["Done", "advance", "advance_async", "drive", "go_now", "go_now_async", "told_async"]
 
 
 class Done(NamedTuple):
@@ -74,25 +83,87 @@ async def advance_async(
         raise
 
 
+def go_now(attempts: Attempts) -> bool:
+    """The happy path's first permit, taken in this thread: True if the first attempt may go
+    at once (no limiter, or a permit with no wait), False if the flow must wait for the permit
+    now held.
+
+    Raises:
+        RateLimitedError: The limiter refused the first attempt.
+    """
+    limiter = attempts.limiter
+    if limiter is None:
+        return True
+    bound = permit_bound(attempts.deadline, attempts.limit_wait)
+    permit = limiter.acquire(0.0, bound)
+    if permit is None:
+        raise attempts.refused(bound)
+    attempts.hold(permit)
+    return not permit.wait
+
+
+async def go_now_async(attempts: Attempts) -> bool:
+    """`go_now` for ``grpc.aio``."""
+    limiter = attempts.limiter
+    if limiter is None:
+        return True
+    bound = permit_bound(attempts.deadline, attempts.limit_wait)
+    permit = await limiter.acquire_async(0.0, bound)
+    if permit is None:
+        raise attempts.refused(bound)
+    attempts.hold(permit)
+    return not permit.wait
+
+
+async def told_async(attempts: Attempts, outcome: object) -> bool:
+    """Whether a first outcome is final with nothing to record but a success (the happy
+    path, `final_at_once`), the limiter told of it if it learns; under ``grpc.aio``."""
+    if not final_at_once(attempts.policy, attempts.bucket, outcome):
+        return False
+    limiter, permit = attempts.limiter, attempts.permit
+    if limiter is not None and permit is not None and delivered(limiter, outcome):
+        await limiter.feedback_async(permit, False)  # a success under an active limiter
+    return True
+
+
 def drive(
     attempts: Attempts,
     send: Callable[[int], Any],
     view: Callable[[Any], object] | None = None,
-    flow: Flow | None = None,
 ) -> Any:
-    """Run a call's flow in this thread, waits included (its channel's closing ends them).
+    """Run a call in this thread, waits included (its channel's closing ends them).
 
     ``send(number)`` starts and finishes attempt ``number``; ``view`` maps what it returns to
-    the outcome the flow judges (the same, by default). Returns what the last ``send`` returned
-    when its outcome is final, else the outcome that ended the call (`closed()`).
+    the outcome judged (the same, by default). Returns what the last ``send`` returned when its
+    outcome is final, else the outcome that ended the call (`closed()`).
+
+    The happy path needs no flow: a first permit with no wait (`go_now`), a first outcome
+    final with nothing to record (`final_at_once`). Anything else is the flow's.
 
     Raises:
         RateLimitedError: The rate limiter refused the first attempt.
     """
-    if flow is None:
-        flow = attempts.flow()
-    last: Any = None
-    judged: object = NOTHING
+    if not go_now(attempts):
+        return _drive(attempts, attempts.flow(), send, view)
+    attempts.sending()
+    last = send(1)
+    judged = last if view is None else view(last)
+    if final_at_once(attempts.policy, attempts.bucket, judged):
+        limiter, permit = attempts.limiter, attempts.permit
+        if limiter is not None and permit is not None and delivered(limiter, judged):
+            limiter.feedback(permit, False)  # a success under an active limiter: delivered
+        return last
+    return _drive(attempts, attempts.flow(judged), send, view, last, judged)
+
+
+def _drive(
+    attempts: Attempts,
+    flow: Flow,
+    send: Callable[[int], Any],
+    view: Callable[[Any], object] | None,
+    last: Any = None,
+    judged: object = NOTHING,
+) -> Any:
     step = advance(attempts, flow, None)
     while isinstance(step, Send):
         last = send(step.number)

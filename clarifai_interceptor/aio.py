@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import grpc
 
 from ._attempts import END, Attempts, Send
-from ._context import CredentialsSource, below_us_async, outer
+from ._context import CredentialsSource, Marking, outer
 from ._core import DEFAULT_RETRY, Core
-from ._drivers import advance_async
+from ._drivers import Done, advance_async, go_now_async, told_async
 from ._metadata import for_attempt
 from ._policy import NO_RETRY, RetryPolicy, time_left
 from ._ratelimit import DEFAULT_RATE_LIMIT, Bucket, RateLimit
@@ -42,6 +42,14 @@ __all__ = [
 
 _Start = Callable[[int, float | None], Awaitable[Any]]  # (attempt, timeout) -> the attempt's call
 _I = TypeVar("_I", bound="_Interceptor")
+
+
+async def _outcome(call: Any) -> object:
+    """A unary attempt's outcome, as the policy judges it: its response or its RpcError."""
+    try:
+        return await call
+    except grpc.RpcError as exc:
+        return exc
 
 
 async def _first(messages: AsyncIterator[Any]) -> object:
@@ -95,8 +103,8 @@ class _Interceptor:
             call_details = grpc.aio.ClientCallDetails(
                 details.method, timeout, sent, details.credentials, details.wait_for_ready
             )
-            # An interceptor of ours further down passes it through.
-            return await below_us_async(continuation, call_details, requests())
+            with Marking():  # an interceptor of ours further down passes it through
+                return await continuation(call_details, requests())
 
         return start, policy, limiter
 
@@ -106,19 +114,29 @@ class _Interceptor:
         start, policy, limiter = self._prepare(continuation, details, request, streaming)
         deadline = policy.deadline(details.timeout)
         attempts = self._core.attempts(policy, details.method, deadline, limiter)
-        flow = attempts.flow()
+        # Nothing to judge: the caller awaits (or writes to) gRPC's own call.
+        single = policy.max_attempts == 1 and (attempts.limiter is None or streaming)
         call = None
         try:
-            step = await advance_async(attempts, flow, None)
+            if await go_now_async(attempts):  # the happy path: no flow unless it must
+                attempts.sending()
+                call = await start(1, time_left(deadline))
+                if single:
+                    return call
+                outcome = await _outcome(call)
+                if await told_async(attempts, outcome):
+                    step: Send | Done = Done(outcome)
+                else:
+                    flow = attempts.flow(outcome)
+                    step = await advance_async(attempts, flow, None)
+            else:
+                flow = attempts.flow()
+                step = await advance_async(attempts, flow, None)
             while isinstance(step, Send):
                 call = await start(step.number, time_left(deadline))
-                if policy.max_attempts == 1 and (attempts.limiter is None or streaming):
-                    return call  # nothing to judge: the caller awaits (or writes to) gRPC's call
-                try:  # the attempt's outcome, as the policy judges it
-                    outcome = await call
-                except grpc.RpcError as exc:
-                    outcome = exc
-                step = await advance_async(attempts, flow, outcome)
+                if single:
+                    return call
+                step = await advance_async(attempts, flow, await _outcome(call))
         except BaseException:
             if call is not None:
                 call.cancel()  # cancelled mid-attempt or mid-wait: no attempt follows

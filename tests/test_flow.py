@@ -83,7 +83,7 @@ def test_a_paced_call_waits_rechecks_then_sends_and_teaches_nothing_when_fixed()
     attempts = Attempts(FAST, "M", None, limiter=bucket)
     seen = steps(attempts, ["answer"])
     assert kinds(seen) == ["acquire", "wait", "recheck", "send"]
-    assert seen[1] == Wait(0.5)
+    assert seen[1] == Wait((0.5,))
     assert seen[-1] == "answer"
     assert (attempts.sent, attempts.cut_by) == (1, None)
 
