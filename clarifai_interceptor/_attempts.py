@@ -1,7 +1,7 @@
 """One call's attempt flow, written once for every front end, without I/O.
 
 `Attempts.flow` is a generator, as httpx's ``Auth.auth_flow`` is: it yields what to do next and
-is sent the result, until it returns the call's final outcome. Its steps:
+is sent the result, until it returns the call's final outcome. Its steps (``_steps``):
 
 - `Ask` ``(op, args)``: ask the rate limiter's bucket; the driver sends back
   ``bucket.<op>(*args)`` (`Attempts.ask`, or `Attempts.ask_async` under ``grpc.aio``).
@@ -35,85 +35,18 @@ from ._budget import TokenBucket
 from ._closing import CancelledCall, Closing, closed
 from ._policy import RetryPolicy, describe, for_testing, pushback, time_left
 from ._ratelimit import Bucket, Permit
+from ._steps import NOTHING, Ask, Flow, Send, Step, Wait
 from ._switch import TESTING
 from .exceptions import RateLimitedError
 from .instrumentation import _hooks
 from .instrumentation._data import CallSummary, CutBy, Reason, RetryDetails
 
 __all__ = [
-    "END",
-    "NOTHING",
-    "Ask",
+    "MARK",
     "Attempts",
-    "Send",
-    "Wait",
     "delivered",
-    "final_at_once",
     "permit_bound",
 ]
-
-
-# The steps are tuples built in C (``Send((n,))``): a NamedTuple's Python ``__new__`` cost more
-# than the rest of a step on the happy path.
-class Ask(tuple[str, tuple[Any, ...]]):
-    """Ask the rate limiter's bucket: ``bucket.<op>(*args)``; ``Ask((op, args))``."""
-
-    __slots__ = ()
-
-    @property
-    def op(self) -> str:
-        return self[0]
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return self[1]
-
-    def __repr__(self) -> str:
-        return f"Ask{tuple(self)!r}"
-
-
-class Wait(tuple[float]):
-    """Wait ``seconds`` before the next attempt; ``Wait((seconds,))``."""
-
-    __slots__ = ()
-
-    @property
-    def seconds(self) -> float:
-        return self[0]
-
-    def __repr__(self) -> str:
-        return f"Wait({self[0]!r})"
-
-
-class Send(tuple[int]):
-    """Start attempt ``number`` and send back its outcome; ``Send((number,))``."""
-
-    __slots__ = ()
-
-    @property
-    def number(self) -> int:
-        return self[0]
-
-    def __repr__(self) -> str:
-        return f"Send({self[0]!r})"
-
-
-Step = Ask | Wait | Send
-Flow = Generator[Step, Any, Any]
-
-
-class _End:
-    """A response stream's end before any message: a success with nothing to judge."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "END"
-
-
-#: The outcome of a response stream that ended before its first message.
-END: Any = _End()
-NOTHING: Any = object()
 
 
 def _last_outcome(state: _t.RetryCallState) -> Any:
@@ -181,19 +114,6 @@ class Retry:
             self._state.prepare_for_next_attempt()
             return float(action), None
         return None, self._stop.reason
-
-
-def final_at_once(policy: RetryPolicy, bucket: TokenBucket | None, outcome: object) -> bool:
-    """Whether a first outcome is final with nothing to record: the happy path, which then
-    needs no flow (the same verdict the flow would give, at less cost)."""
-    if policy.transient(outcome):  # a throttle teaches the rate limiter even when not retried
-        return policy.max_attempts == 1 and not policy.throttle(outcome)
-    return (
-        policy.max_attempts == 1
-        or bucket is None
-        or bucket.full()
-        or isinstance(outcome, grpc.RpcError)
-    )
 
 
 def delivered(limiter: Bucket, outcome: object) -> bool:

@@ -18,10 +18,11 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from ._attempts import END, MARK, Attempts, Flow
+from ._attempts import MARK, Attempts
 from ._closing import CancelledCall, closed
 from ._drivers import Done, advance, drive
 from ._future import Raised, RetryFuture, settled
+from ._steps import END, Flow
 from .exceptions import RateLimitedError
 
 __all__ = [

@@ -2,8 +2,10 @@
 
 `advance` runs a flow (`Attempts.flow`) until it asks to send an attempt or ends: the blocking
 paths (`drive`), the first attempt of a sync response stream and its commit all use it;
-`advance_async` is the same under ``grpc.aio``. The ``future()`` driver, which runs on callbacks
-and timers, is ``_future.RetryFuture``.
+`advance_async` is the same under ``grpc.aio``. The happy path needs no flow, and this is its
+one place: `go_now` (a first permit with no wait) and `final_at_once` (a first outcome final
+with nothing to record). The ``future()`` driver, which runs on callbacks and timers, is
+``_future.RetryFuture``.
 """
 
 from __future__ import annotations
@@ -12,17 +14,13 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ._attempts import (
-    NOTHING,
-    Ask,
-    Attempts,
-    Flow,
-    Send,
-    delivered,
-    final_at_once,
-    permit_bound,
-)
+import grpc
+
+from ._attempts import Attempts, delivered, permit_bound
+from ._budget import TokenBucket
 from ._closing import CancelledCall
+from ._policy import RetryPolicy
+from ._steps import NOTHING, Ask, Flow, Send
 
 __all__ = ["Done", "advance", "advance_async", "drive", "go_now", "go_now_async", "told_async"]
 
@@ -81,6 +79,19 @@ async def advance_async(
     except BaseException:
         await attempts.abandon_async()
         raise
+
+
+def final_at_once(policy: RetryPolicy, bucket: TokenBucket | None, outcome: object) -> bool:
+    """Whether a first outcome is final with nothing to record: the happy path, which then
+    needs no flow (the same verdict the flow would give, at less cost)."""
+    if policy.transient(outcome):  # a throttle teaches the rate limiter even when not retried
+        return policy.max_attempts == 1 and not policy.throttle(outcome)
+    return (
+        policy.max_attempts == 1
+        or bucket is None
+        or bucket.full()
+        or isinstance(outcome, grpc.RpcError)
+    )
 
 
 def go_now(attempts: Attempts) -> bool:

@@ -16,10 +16,11 @@ from typing import Any
 
 import grpc
 
-from ._attempts import MARK, Ask, Attempts, Flow, Send
+from ._attempts import MARK, Attempts
 from ._closing import CancelledCall, closed
 from ._policy import time_left
 from ._scheduler import Handle, call_later
+from ._steps import Ask, Flow, Send
 
 __all__ = ["Raised", "RetryFuture", "settled"]
 

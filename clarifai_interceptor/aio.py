@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ._attempts import END, Attempts, Send
+from ._attempts import Attempts
 from ._context import CredentialsSource, Marking, outer
 from ._core import DEFAULT_RETRY, Core
 from ._drivers import Done, advance_async, go_now_async, told_async
@@ -28,6 +28,7 @@ from ._policy import NO_RETRY, RetryPolicy, time_left
 from ._ratelimit import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._request import fill_copy, request_stream
 from ._secret import SafeMetadata
+from ._steps import END, Send
 from ._target import channel_options, resolve_target
 
 __all__ = [

@@ -25,8 +25,9 @@ from clarifai_interceptor import (
     aio,
     wrap_channel,
 )
-from clarifai_interceptor._attempts import Ask, Attempts, Flow, Send, Wait
+from clarifai_interceptor._attempts import Attempts
 from clarifai_interceptor._context import CREDENTIALS, RETRY
+from clarifai_interceptor._steps import Ask, Flow, Send, Wait
 from clarifai_interceptor.testing import FakeClarifai
 
 # The package's pytest plugin (the `clarifai_fake` fixture), loaded here rather than through its

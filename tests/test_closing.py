@@ -46,8 +46,9 @@ from clarifai_interceptor import (
     insecure_channel,
     wrap_channel,
 )
-from clarifai_interceptor._attempts import Attempts, Wait
+from clarifai_interceptor._attempts import Attempts
 from clarifai_interceptor._closing import CLOSED_DETAILS, CancelledCall, Closing, closed
+from clarifai_interceptor._steps import Wait
 from clarifai_interceptor.instrumentation import set_on_retry_hooks
 from clarifai_interceptor.testing import Delay, Fail, FakeClarifai, Reply, Stream
 

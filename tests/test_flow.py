@@ -12,12 +12,13 @@ import grpc
 import pytest
 
 from clarifai_interceptor import RateLimit, RetryBudget, RetryPolicy
-from clarifai_interceptor._attempts import MARK, Ask, Attempts, Send, Wait
+from clarifai_interceptor._attempts import MARK, Attempts
 from clarifai_interceptor._budget import TokenBucket
 from clarifai_interceptor._calls import call_outcome
 from clarifai_interceptor._closing import CancelledCall, Closing, closed
 from clarifai_interceptor._drivers import drive
 from clarifai_interceptor._limiter import LocalBucket, RateLimitedError
+from clarifai_interceptor._steps import Ask, Send, Wait
 from clarifai_interceptor.testing import set_testing
 
 FAST = RetryPolicy(initial_backoff=0, throttle_backoff=0, jitter=0, budget=None)

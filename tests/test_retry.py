@@ -24,9 +24,10 @@ from clarifai_interceptor import (
     RetryBudget,
     RetryPolicy,
 )
-from clarifai_interceptor._attempts import Attempts, final_at_once
+from clarifai_interceptor._attempts import Attempts
 from clarifai_interceptor._budget import TokenBucket
 from clarifai_interceptor._drivers import drive as run
+from clarifai_interceptor._drivers import final_at_once
 from clarifai_interceptor._policy import describe, pushback, time_left
 
 FAST = RetryPolicy(initial_backoff=0, throttle_backoff=0, jitter=0, budget=None)
