@@ -324,7 +324,7 @@ def test_clients_made_before_install_use_our_channels(fake: FakeClarifai) -> Non
         fake.set_default("ListApps", grpc.StatusCode.UNAVAILABLE)
         with pytest.raises(grpc.RpcError):
             list(user.list_apps())
-    assert elapsed < 1.5  # no 5 s RetryStub wait
+    assert elapsed < 4.0  # no 5 s RetryStub wait (bounds a busy machine may need, no more)
     assert len(fake.calls_to("PostModelOutputs")) == 2
     assert len(fake.calls_to("ListApps")) == 2 + ci.RetryPolicy().max_attempts
     assert {call.header("authorization") for call in fake.calls} == {f"Key {SDK_PAT}"}
