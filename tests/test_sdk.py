@@ -138,7 +138,7 @@ def test_throttled_then_success_is_retried_once_and_fast(name: str, fake: FakeCl
         outcome, elapsed = _timed(call, client)
     assert not isinstance(outcome, Exception), outcome
     assert len(fake.calls_to(call.method)) == 2
-    assert elapsed < 1.5  # the SDK alone waits 5 s
+    assert elapsed < 4.0  # the SDK alone waits 5 s (a busy machine may take a while, not 5 s)
 
 
 @pytest.mark.parametrize("name", CALLS)
