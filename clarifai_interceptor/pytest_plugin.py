@@ -11,6 +11,11 @@ ask for the fixture by name and call a fake Clarifai API over real gRPC::
 
 See `clarifai_interceptor.testing.FakeClarifai` for scripts, recorded calls and auth checking.
 
+With pytest-grpc, ``FakeClarifai().servicer()`` serves as its ``grpc_servicer`` (the README's
+"Testing your own code" has the whole recipe). Its ``--grpc-fake-server`` mode calls servicers
+directly, with no channel, so no client interceptor ever runs: a test whose ``grpc_servicer`` is
+a FakeClarifai servicer fails at setup under that option, saying so.
+
 ``clarifai_testing`` turns the testing switch on for one test (no retry waits at all)::
 
     def test_gives_up_fast(clarifai_fake, clarifai_testing):
@@ -27,6 +32,34 @@ import pytest
 
 if TYPE_CHECKING:
     from clarifai_interceptor.testing import FakeClarifai
+
+#: pytest-grpc's ``--grpc-fake-server`` option, by its ``dest``.
+_GRPC_FAKE_SERVER = "grpc-fake"
+_NO_FAKE_SERVER = (
+    "pytest-grpc's --grpc-fake-server calls servicers directly, without a gRPC channel, so no "
+    "client interceptor runs (neither ClarifaiInterceptor nor wrap_channel: no credentials, no "
+    "retries) and FakeClarifai's servicer gets no real ServicerContext. Run these tests "
+    "without --grpc-fake-server."
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """Fail the setup of a test served by a FakeClarifai servicer under ``--grpc-fake-server``.
+
+    Checked once the test's fixtures are set up (pytest-grpc's ``grpc_servicer`` among them),
+    so that they are cached and torn down as usual: every such test fails, each saying why.
+    """
+    yield
+    if not item.config.getoption(_GRPC_FAKE_SERVER, default=False):
+        return
+    servicer = getattr(item, "funcargs", {}).get("grpc_servicer")
+    if servicer is None:
+        return
+    from clarifai_interceptor.testing import FakeServicer  # noqa: PLC0415
+
+    if isinstance(servicer, FakeServicer):
+        pytest.fail(_NO_FAKE_SERVER, pytrace=False)
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ __all__ = [
     "Delay",
     "Fail",
     "FakeClarifai",
+    "FakeServicer",
     "Outcome",
     "RecordedCall",
     "Reply",
@@ -432,8 +433,20 @@ class FakeClarifai:
         """Stop the fake."""
         self.stop()
 
-    def _handler(self, method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
-        request_class = GetMessageClass(method.input_type)
+    def servicer(self) -> FakeServicer:
+        """This fake's ``V2`` methods as a servicer object, for a gRPC server you run yourself.
+
+        The object has one attribute per ``V2`` method, as ``service_pb2_grpc.V2Servicer``
+        does, each playing this fake's scripts and defaults, checking its auth and recording
+        into `calls` exactly as its own server does: register it with
+        ``service_pb2_grpc.add_V2Servicer_to_server(fake.servicer(), server)``, or hand it to
+        pytest-grpc as ``grpc_servicer``. The fake need not be started for that (`target` is
+        then unset: dial your own server).
+        """
+        return FakeServicer(self)
+
+    def _behaviour(self, method: MethodDescriptor) -> Any:
+        """The servicer function for one method: ``(request or iterator, context) -> reply``."""
         response_class = GetMessageClass(method.output_type)
 
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
@@ -442,6 +455,13 @@ class FakeClarifai:
             responses = self._serve(method, requests, context, arrived)
             return responses if method.server_streaming else next(responses, response_class())
 
+        behaviour.__name__ = behaviour.__qualname__ = method.name
+        return behaviour
+
+    def _handler(self, method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
+        request_class = GetMessageClass(method.input_type)
+        response_class = GetMessageClass(method.output_type)
+        behaviour = self._behaviour(method)
         kinds = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
@@ -533,3 +553,25 @@ class FakeClarifai:
             yield from outcome.messages
             if outcome.error is not None:
                 _abort(context, outcome.error)
+
+
+class FakeServicer:
+    """A `FakeClarifai`'s ``V2`` methods as a servicer object (see `FakeClarifai.servicer`).
+
+    Each ``V2`` method name (``PostModelOutputs``, ``MyScopes``, ...) is an attribute holding
+    ``method(request_or_iterator, context)``, served from the fake's scripts, defaults and
+    auth, and recorded into its `FakeClarifai.calls`.
+
+    Attributes:
+        fake: The `FakeClarifai` whose behaviour this serves.
+    """
+
+    def __init__(self, fake: FakeClarifai) -> None:
+        self.fake = fake
+        for name, method in _METHODS.items():
+            setattr(self, name, fake._behaviour(method))  # noqa: SLF001 (its own helper)
+
+    def __getattr__(self, name: str) -> Any:
+        """Any name that is not a ``V2`` method (those are set in ``__init__``): an error."""
+        msg = f"{type(self).__name__} has no attribute {name!r} (not a clarifai.api.V2 method)"
+        raise AttributeError(msg)

@@ -14,8 +14,10 @@ nothing else:
 
 A block with top-level ``await`` runs in ``asyncio.run``. After a block, each ``test_*``
 function it defined is called (fixtures ``clarifai_fake``: a started `FakeClarifai`, and
-``clarifai_testing``: `set_testing`, on for the test). New blocks
-are found by the fence alone: nothing here names a block.
+``clarifai_testing``: `set_testing`, on for the test). A block that imports pytest is a test
+module of its own (its own fixtures, pytest-grpc's, the package's plugin): it runs under pytest
+instead, with every warning an error as in this suite, and gets none of the names above. New
+blocks are found by the fence alone: nothing here names a block.
 """
 
 from __future__ import annotations
@@ -147,9 +149,19 @@ def _run_tests(namespace: dict[str, Any]) -> None:
             test(*[given[param] for param in params])
 
 
+#: A block importing pytest is a whole test module: pytest runs it.
+PYTEST_MODULE = re.compile(r"^import pytest$", re.MULTILINE)
+
+
 def run_block(path: str) -> None:
     """Run one README block as the module docstring says."""
     source = Path(path).read_text(encoding="utf-8")
+    if PYTEST_MODULE.search(source):
+        # No config file is found from the block's temporary directory: -W error stands in for
+        # this suite's `filterwarnings = error`; plugins load by entry point, as for a reader,
+        # but pytest-asyncio, whose unset loop scope would warn (no block here is async).
+        args = [path, "-q", "-p", "no:cacheprovider", "-p", "no:asyncio", "-W", "error"]
+        raise SystemExit(pytest.main([*args, "--rootdir", str(Path(path).parent)]))
     namespace: dict[str, Any] = {"__name__": "__readme__", **_given()}
     code = compile(source, path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     if code.co_flags & inspect.CO_COROUTINE:
