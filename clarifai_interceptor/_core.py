@@ -18,6 +18,7 @@ from ._methods import check as check_policies
 from ._policy import NO_RETRY, RetryBudget, RetryPolicy, for_testing
 from ._ratelimit import DEFAULT_RATE_LIMIT, Bucket, Permit, RateLimit
 from ._switch import TESTING
+from ._target import redact
 from .exceptions import CredentialsProviderError
 
 __all__ = ["DEFAULT_RETRY", "Core"]
@@ -71,7 +72,9 @@ class Core:
             )
         self.rate_limit = rate_limit
         self.limit_wait = None if rate_limit is None else rate_limit.max_wait
-        self.target = target
+        # A label (metrics, logs) and a part of the rate limiter's key: user info never goes
+        # there (`USER:PASSWORD@host` shows as `***@host`).
+        self.target = redact(target) if isinstance(target, str) else target
         # The last credentials asked for a bucket, and that bucket: the usual case, unhashed.
         self._limited: tuple[Credentials | None, Bucket | None] = (None, None)
         self._buckets: dict[RetryBudget, TokenBucket] = {}

@@ -409,15 +409,57 @@ def test_two_secrets_in_the_environment_is_a_credentials_error(
 
 
 @pytest.mark.parametrize("command", ["scopes", "demo"])
-@pytest.mark.parametrize("target", ["http://x", "api.clarifai.com/v2", "a b"])
-def test_malformed_target_is_one_line(
-    command: str, target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        (
+            "http://x",
+            "got 'http://x': 'http://' is not a scheme gRPC knows: give HOST[:PORT] alone",
+        ),
+        ("api.clarifai.com/v2", "got 'api.clarifai.com/v2': HOST[:PORT] has no path"),
+        ("a b", "got 'a b': it holds whitespace or a control character"),
+        ("localhost:abc", "the port must be a number from 1 to 65535, not 'abc'"),
+    ],
+)
+def test_malformed_target_is_one_line_with_the_whole_reason(
+    command: str,
+    target: str,
+    reason: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
     assert main([command, "--target", target, "--timeout", "1"]) == 1
     out, err = capsys.readouterr()
-    assert "target must be HOST or HOST:PORT" in one_line(err)
+    line = one_line(err)
+    assert "target must be HOST or HOST:PORT" in line
+    assert line.endswith(reason)  # the value given and why it is wrong, never cut
     assert out == ""
+
+
+def test_a_huge_target_is_cut_but_not_the_reason(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    assert main(["scopes", "--target", "x" * 10_000 + "/v2", "--timeout", "1"]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert f"got {'x' * 200!r}...: HOST[:PORT] has no path" in line
+    assert len(line) < 800
+
+
+@pytest.mark.parametrize("command", ["scopes", "demo"])
+def test_a_target_with_user_info_is_refused_without_echoing_it(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    target = f"fake-user:{TYPED}@api.example.test:443"
+    assert main([command, "--target", target, "--timeout", "1"]) == 1
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    assert "got '***@api.example.test:443': it carries user info" in line
+    assert "pass the secret as credentials" in line
+    assert "fake-user" not in line
+    no_secret(out, err)
 
 
 @pytest.mark.parametrize("transport", [["--insecure"], []])  # plain TCP, and TLS
@@ -577,9 +619,26 @@ def test_a_value_typed_for_a_secret_flag_is_never_echoed(
     assert auth_fake.calls == []
 
 
-def test_a_secret_flag_hides_only_what_was_typed_for_it(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["scopes", "--timeout=fast"]) == 1  # not a secret flag: the value is shown
-    assert "'fast'" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["scopes", f"--timeout={TYPED}"], "argument --timeout: must be a positive number"),
+        (["scopes", "--timeout", TYPED], "argument --timeout: must be a positive number"),
+        (["demo", f"--timeout={TYPED}"], "argument --timeout: must be a positive number"),
+        (["fake", f"--port={TYPED}"], "argument --port: must be a TCP port from 0 to 65535"),
+        (["fake", f"--po={TYPED}"], "argument --port: must be a TCP port from 0 to 65535"),
+        (["scopes", f"--t={TYPED}"], "ambiguous option: --t could match --target, --timeout"),
+    ],
+)
+def test_a_bad_option_value_is_never_echoed(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A secret pasted where an option's value goes (`--timeout=<PAT>`) must not be printed:
+    # the message names the option and what it expects, not the value.
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert expected in err
+    no_secret(out, err)
 
 
 # -- synopsis, demo header, broken pipes, fake ---------------------------------------------------
