@@ -24,6 +24,7 @@ code ``CANCELLED``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import grpc
@@ -74,6 +75,12 @@ class EndedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
     def add_callback(self, callback: Callable[[], None]) -> bool:  # noqa: ARG002 (never runs)
         return False
 
+    def debug_error_string(self) -> str:
+        """What happened, in one short line shaped as gRPC's own errors give it (never a
+        secret): ``CODE:Ended by clarifai_interceptor (KIND) {grpc_status:N, grpc_message:"..."}``.
+        """
+        return debug_string(type(self).__name__, self.code(), self.details())
+
     def __str__(self) -> str:
         return f"<{type(self).__name__} {self.code()}: {self.details()}>"
 
@@ -94,3 +101,13 @@ class RateLimitedError(EndedCall):
     def details(self) -> str:
         bound = "" if self._wait is None else f" within {self._wait:.3f} s"
         return f"the client-side rate limiter refused the call: no permit{bound} (nothing sent)"
+
+
+def debug_string(kind: str, code: grpc.StatusCode, details: str) -> str:
+    """A ``debug_error_string()`` for an error of ours: the code, who ended the call and as
+    what, and the details (secret-free by construction), as gRPC's C core shapes its own."""
+    number = code.value[0]
+    return (
+        f"{code.name}:Ended by clarifai_interceptor ({kind}) "
+        f"{{grpc_status:{number}, grpc_message:{json.dumps(details)}}}"
+    )

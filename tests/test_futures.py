@@ -147,6 +147,10 @@ def test_cancelled_call_is_a_finished_call() -> None:
     with pytest.raises(grpc.RpcError):
         next(call)
     assert "CANCELLED" in str(call)
+    assert call.debug_error_string() == (
+        "CANCELLED:Ended by clarifai_interceptor (CancelledCall) {grpc_status:1, "
+        'grpc_message:"Cancelled by the caller while waiting to retry"}'
+    )
 
 
 def test_stream_time_remaining_and_activity(path: Path, fake: FakeClarifai) -> None:
@@ -182,6 +186,12 @@ def test_raised_is_a_finished_future_that_raises_its_error() -> None:
     assert call.add_callback(lambda: None) is False
     assert call.code() is grpc.StatusCode.UNKNOWN
     assert call.details() == "not sent: ValueError"
+    # The error's type, never its message (which may quote what the caller passed).
+    assert call.debug_error_string() == (
+        'UNKNOWN:Ended by clarifai_interceptor (ValueError) {grpc_status:2, grpc_message:"not '
+        'sent: ValueError"}'
+    )
+    assert Raised(CancelledCall()).debug_error_string() == CancelledCall().debug_error_string()
     assert call.initial_metadata() == call.trailing_metadata() == ()
 
 
