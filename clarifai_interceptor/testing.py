@@ -273,7 +273,8 @@ class FakeClarifai:
             which imply their app.
         max_workers: Threads serving calls (the most calls in flight at once).
         port: The port to serve on, 0 for a free one (a fixed port lets a test stop a fake
-            and start another where clients already point).
+            and start another where clients already point; while one serves there, starting
+            another on it fails).
         tls: ``(private_key_pem, certificate_chain_pem)`` to serve TLS (for ``localhost``),
             or None for plain TCP.
 
@@ -383,26 +384,35 @@ class FakeClarifai:
         """Start serving on the port given (a free one by default); return self.
 
         Raises:
-            RuntimeError: Already started, or the port could not be bound.
+            RuntimeError: Already started, or the port could not be bound: it is in use, by
+                another server or another `FakeClarifai` (the port is never shared).
         """
         if self._server is not None:
             raise RuntimeError("FakeClarifai is already started")
         handlers = {name: self._handler(method) for name, method in _METHODS.items()}
         executor = futures.ThreadPoolExecutor(max_workers=self._max_workers)
-        server = grpc.server(executor)
+        # gRPC sets SO_REUSEPORT by default: a second fake on a fixed port would start too and
+        # take half the calls. Without it, the port is this fake's alone, or start fails.
+        server = grpc.server(executor, options=(("grpc.so_reuseport", 0),))
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
         )
+        address = f"127.0.0.1:{self._bind_port}"
         try:
-            address = f"127.0.0.1:{self._bind_port}"
             if self._tls is None:
-                self._port = server.add_insecure_port(address)
+                port = server.add_insecure_port(address)
             else:
                 credentials = grpc.ssl_server_credentials([self._tls])
-                self._port = server.add_secure_port(address, credentials)
+                port = server.add_secure_port(address, credentials)
+            if not port:  # older grpcio returns 0 rather than raise
+                raise RuntimeError("bind failed")  # handled just below
         except RuntimeError:
             executor.shutdown(wait=False)  # not started: the fake stays startable
-            raise
+            raise RuntimeError(
+                f"FakeClarifai cannot listen on {address}: the port is in use (by another "
+                "FakeClarifai or any other server) or not available"
+            ) from None
+        self._port = port
         self._server, self._executor = server, executor
         server.start()
         return self
