@@ -8,7 +8,8 @@ script of outcomes, then from a per-method default, then from the built-in defau
 whose ``status.code`` is ``SUCCESS``.
 
 Example:
-    >>> with FakeClarifai(secrets={"fake-pat": ["Predict", "Models_Get"]}) as fake:
+    >>> predict = ["Predict", "Models_Get", "Concepts_Get", "Apps_Get"]  # PostModelOutputs
+    >>> with FakeClarifai(secrets={"fake-api-key": predict}) as fake:
     ...     fake.script("PostModelOutputs", grpc.StatusCode.UNAVAILABLE, Status(11005))
     ...     ...  # call fake.target through V2Stub, then inspect fake.calls_to("PostModelOutputs")
 """
@@ -267,7 +268,9 @@ class FakeClarifai:
     Args:
         secrets: None for no auth checking. Otherwise maps each valid secret to its scope names
             (``scope_pb2.S`` names such as ``"Predict"``), or to None for every scope. The
-            scope ``"All"`` also grants every scope.
+            scope ``"All"`` also grants every scope. A method needs every scope of its
+            ``cl_depending_scopes``: ``PostModelOutputs`` needs ``Predict``, ``Models_Get``,
+            ``Concepts_Get`` and ``Apps_Get``.
         pats: The secrets in ``secrets`` that are PATs: their calls must name a user in
             ``user_app_id`` (where the request has the field). The others act as API keys,
             which imply their app.
