@@ -11,6 +11,10 @@ ask for the fixture by name and call a fake Clarifai API over real gRPC::
 
 See `clarifai_interceptor.testing.FakeClarifai` for scripts, recorded calls and auth checking.
 
+Loading the plugin imports neither gRPC nor clarifai_grpc (nor does importing the package):
+every pytest run in an environment that has the package loads it, so it costs nothing until a
+test asks for a fixture.
+
 ``clarifai_testing`` turns the testing switch on for one test (no retry waits at all)::
 
     def test_gives_up_fast(clarifai_fake, clarifai_testing):
