@@ -35,7 +35,8 @@ class _Finder(MetaPathFinder):
             return None
         _uninstall(self)
         for finder in list(sys.meta_path):
-            spec = finder.find_spec(fullname, path, target)
+            find = getattr(finder, "find_spec", None)
+            spec = find(fullname, path, target) if find is not None else None
             if spec is not None:
                 break
         else:
