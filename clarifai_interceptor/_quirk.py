@@ -36,7 +36,7 @@ class _Finder(MetaPathFinder):
         _uninstall(self)
         for finder in list(sys.meta_path):
             find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find is not None else None
+            spec: ModuleSpec | None = find(fullname, path, target) if find is not None else None
             if spec is not None:
                 break
         else:
