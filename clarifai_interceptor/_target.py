@@ -152,7 +152,9 @@ def _host_port(text: str) -> tuple[str, str]:
 
 
 def _port(port: str) -> None:
-    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= _MAX_PORT:
+    # Length first: int() of a 5,000-digit string raises its own ValueError.
+    digits = port.isascii() and port.isdigit() and len(port.lstrip("0")) <= len(str(_MAX_PORT))
+    if not digits or not 1 <= int(port) <= _MAX_PORT:
         raise _BadTargetError(f"the port must be a number from 1 to {_MAX_PORT}, not {_part(port)}")
 
 
