@@ -24,7 +24,6 @@ code ``CANCELLED``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import grpc
@@ -77,8 +76,7 @@ class EndedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
 
     def debug_error_string(self) -> str:
         """What happened, in one short line shaped as gRPC's own errors give it (never a
-        secret): ``CODE:Ended by clarifai_interceptor (KIND) {grpc_status:N, grpc_message:"..."}``.
-        """
+        secret): ``CODE:details (ended by clarifai_interceptor: KIND)``."""
         return debug_string(type(self).__name__, self.code(), self.details())
 
     def __str__(self) -> str:
@@ -104,10 +102,7 @@ class RateLimitedError(EndedCall):
 
 
 def debug_string(kind: str, code: grpc.StatusCode, details: str) -> str:
-    """A ``debug_error_string()`` for an error of ours: the code, who ended the call and as
-    what, and the details (secret-free by construction), as gRPC's C core shapes its own."""
-    number = code.value[0]
-    return (
-        f"{code.name}:Ended by clarifai_interceptor ({kind}) "
-        f"{{grpc_status:{number}, grpc_message:{json.dumps(details)}}}"
-    )
+    """A ``debug_error_string()`` for an error of ours, shaped as grpcio's own (``CODE`` or
+    ``CODE:details``), saying who ended the call and as what; secret-free, as the details are."""
+    said = f"{code.name}:{details}" if details else code.name
+    return f"{said} (ended by clarifai_interceptor: {kind})"
