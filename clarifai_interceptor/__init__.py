@@ -39,33 +39,38 @@ Example:
 
 from __future__ import annotations
 
-from clarifai_grpc.channel import clarifai_channel as _clarifai_channel
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from ._calls import CallOutcome, call_outcome
-from ._channel import insecure_channel, secure_channel, wrap_channel
-from ._context import use_credentials, use_retry
-from ._credentials import MAX_SECRET_LENGTH, Credentials, Secret
-from ._grpc_channel import clarifai_channel
-from ._interceptor import ClarifaiInterceptor
-from ._methods import READ_PATTERNS, READ_RETRY, WRITE_RETRY
-from ._policy import (
-    DEFAULT_RETRYABLE_CODES,
-    DEFAULT_RETRYABLE_STATUSES,
-    DEFAULT_THROTTLE_STATUSES,
-    NEVER_RETRIED_CODES,
-    NEVER_RETRIED_STATUSES,
-    NO_RETRY,
-    RetryBudget,
-    RetryPolicy,
-)
-from ._ratelimit import DEFAULT_RATE_LIMIT, RateLimit
 from ._version import __version__
-from .exceptions import (
-    CredentialsProviderError,
-    MissingCredentialsError,
-    NoUserIdWarning,
-    RateLimitedError,
-)
+
+# Importing the package loads neither gRPC nor clarifai_grpc (its pytest plugin is loaded by
+# every pytest run of an environment that has it): the names below load on first use.
+if TYPE_CHECKING:
+    from ._calls import CallOutcome, call_outcome
+    from ._channel import insecure_channel, secure_channel, wrap_channel
+    from ._context import use_credentials, use_retry
+    from ._credentials import MAX_SECRET_LENGTH, Credentials, Secret
+    from ._grpc_channel import clarifai_channel
+    from ._interceptor import ClarifaiInterceptor
+    from ._methods import READ_PATTERNS, READ_RETRY, WRITE_RETRY
+    from ._policy import (
+        DEFAULT_RETRYABLE_CODES,
+        DEFAULT_RETRYABLE_STATUSES,
+        DEFAULT_THROTTLE_STATUSES,
+        NEVER_RETRIED_CODES,
+        NEVER_RETRIED_STATUSES,
+        NO_RETRY,
+        RetryBudget,
+        RetryPolicy,
+    )
+    from ._ratelimit import DEFAULT_RATE_LIMIT, RateLimit
+    from .exceptions import (
+        CredentialsProviderError,
+        MissingCredentialsError,
+        NoUserIdWarning,
+        RateLimitedError,
+    )
 
 __all__ = [
     "DEFAULT_RATE_LIMIT",
@@ -100,7 +105,48 @@ __all__ = [
     "wrap_channel",
 ]
 
-# V2Stub(channel) reads this module global, which only ClarifaiChannel's getters set: without
-# it every stub on a channel of ours fails with "'NoneType' object is not callable".
-if _clarifai_channel.wrap_response_deserializer is None:
-    _clarifai_channel.wrap_response_deserializer = _clarifai_channel._response_deserializer_for_grpc  # noqa: SLF001
+#: Where each exported name lives (the imports above, for type checkers).
+_HOMES = {
+    "._calls": ("CallOutcome", "call_outcome"),
+    "._channel": ("insecure_channel", "secure_channel", "wrap_channel"),
+    "._context": ("use_credentials", "use_retry"),
+    "._credentials": ("MAX_SECRET_LENGTH", "Credentials", "Secret"),
+    "._grpc_channel": ("clarifai_channel",),
+    "._interceptor": ("ClarifaiInterceptor",),
+    "._methods": ("READ_PATTERNS", "READ_RETRY", "WRITE_RETRY"),
+    "._policy": (
+        "DEFAULT_RETRYABLE_CODES",
+        "DEFAULT_RETRYABLE_STATUSES",
+        "DEFAULT_THROTTLE_STATUSES",
+        "NEVER_RETRIED_CODES",
+        "NEVER_RETRIED_STATUSES",
+        "NO_RETRY",
+        "RetryBudget",
+        "RetryPolicy",
+    ),
+    "._ratelimit": ("DEFAULT_RATE_LIMIT", "RateLimit"),
+    ".exceptions": (
+        "CredentialsProviderError",
+        "MissingCredentialsError",
+        "NoUserIdWarning",
+        "RateLimitedError",
+    ),
+}
+
+
+def _load() -> None:
+    """Bind every exported name (it imports gRPC and clarifai_grpc)."""
+    for home, names in _HOMES.items():
+        module = importlib.import_module(home, __name__)
+        globals().update({name: getattr(module, name) for name in names})
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        _load()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

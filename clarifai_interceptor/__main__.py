@@ -5,8 +5,10 @@ scope failure); 1 anything else. A reader that stops reading early (``scopes | h
 change the status. No secret given to the command line is ever printed: a header that carries
 one is shown as ``Key <redacted>``; ``--pat`` / ``--api-key`` read the secret from a prompt or
 stdin, never from argv (which other users of the machine can see), and a value typed after them
-anyway (``--pat=...``, ``--pa=...``, ``--pat ...``) appears in no message. ``fake`` prints the
-demo's two fake secrets, which are public constants of this module.
+anyway (``--pat=...``, ``--pa=...``, ``--pat ...``) appears in no message; nor does a bad
+value of another option (``--timeout=<PAT>``), nor a target's user info (``USER:PASSWORD@``,
+refused). Error messages are never cut, only the values they quote. ``fake`` prints the demo's
+two fake secrets, which are public constants of this module.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from . import (
     use_credentials,
 )
 from ._channel import channel_options, resolve_target
+from ._target import redact
 from .testing import FakeClarifai, Status, Stream
 
 __all__ = ["DEMO_NARROW_KEY", "DEMO_PAT", "main"]
@@ -63,6 +66,8 @@ _AUTH_STATUSES = frozenset(
 )
 _ENV = "CLARIFAI_PAT (with CLARIFAI_USER_ID), CLARIFAI_API_KEY or CLARIFAI_SESSION_TOKEN"
 _PAD = "      "
+_SHOWN = 200  # characters of a target in a message
+_SAID = 1000  # characters of a server's description in a message
 _EPILOG = """\
 exit status:
   0  success (demo: every case went as scripted, or every call succeeded)
@@ -80,8 +85,17 @@ class CliError(Exception):
         self.status = status
 
 
-def _line(text: object) -> str:
-    return " ".join(str(text or "").split())[:300]
+def _line(text: object, cut: int | None = None) -> str:
+    """``text`` on one line; cut to ``cut`` characters (with "...") when it is unbounded text
+    from elsewhere (a server's description): never cut the explanation of an error."""
+    line = " ".join(str(text or "").split())
+    return line if cut is None or len(line) <= cut else line[:cut] + "..."
+
+
+def _where(target: str) -> str:
+    """A target for a message: user info redacted (checked targets have none), cut."""
+    text = redact(target)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
 
 
 def _quiet(text: str) -> None:
@@ -172,12 +186,12 @@ def _invoke(stub: Any, method: str, request: Any, timeout: float) -> _Outcome:
         else:
             last, count = call(request, timeout=timeout), 1
     except grpc.RpcError as exc:
-        return _Outcome(exc.code().name, None, _line(exc.details()), count, None)
+        return _Outcome(exc.code().name, None, _line(exc.details(), _SAID), count, None)
     if last is None:
         return _Outcome("OK", None, "", 0, None)
     code = last.status.code
     name = status_code_pb2.StatusCode.Name(code) if code in _STATUS_CODES else f"status {code}"
-    return _Outcome("OK", name, _line(last.status.description), count, last)
+    return _Outcome("OK", name, _line(last.status.description, _SAID), count, last)
 
 
 def _seen(metadata: Any, request: Any) -> dict[str, Any]:
@@ -244,9 +258,9 @@ def _failure(
     if outcome.code in _AUTH_CODES or outcome.status in _AUTH_STATUSES:
         return CliError(f"Clarifai refused the {who}: {said}{detail}", EXIT_AUTH)
     if outcome.code == "UNAVAILABLE":
-        return CliError(f"cannot reach {target}: UNAVAILABLE{detail}")
+        return CliError(f"cannot reach {_where(target)}: UNAVAILABLE{detail}")
     if outcome.code == "DEADLINE_EXCEEDED":
-        return CliError(f"no answer from {target} within {timeout:g} s (DEADLINE_EXCEEDED)")
+        return CliError(f"no answer from {_where(target)} within {timeout:g} s (DEADLINE_EXCEEDED)")
     return CliError(f"{method} failed: {said}{detail}")
 
 
@@ -485,6 +499,7 @@ def _fake(args: argparse.Namespace) -> int:
 
 _SECRET_FLAGS = ("--pat", "--api-key")
 _NO_VALUE = "--pat and --api-key take no value: they read the secret from a prompt or stdin"
+_AMBIGUOUS = "ambiguous option: "
 
 
 def _secret_values(argv: Sequence[str]) -> frozenset[str]:
@@ -504,7 +519,7 @@ def _secret_values(argv: Sequence[str]) -> frozenset[str]:
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors exit 1 (2 means a credentials problem here) and never echo stray arguments,
-    nor anything typed for a secret flag (``hidden``)."""
+    nor anything typed for a secret flag (``hidden``), nor an option's value."""
 
     hidden: frozenset[str] = frozenset()
 
@@ -515,22 +530,30 @@ class _Parser(argparse.ArgumentParser):
             message = "unknown command: choose demo, scopes or fake"
         elif any(value in message for value in self.hidden):  # `--pat=SECRET`, `--pa=SECRET`
             message = f"a value given to a secret flag (not shown); {_NO_VALUE}"
+        elif message.startswith(_AMBIGUOUS):  # `--t=VALUE`: name the option, not the value
+            option, _, matches = message.removeprefix(_AMBIGUOUS).rpartition(" could match ")
+            message = f"{_AMBIGUOUS}{option.partition('=')[0]} could match {matches}"
         self.print_usage(sys.stderr)
         self.exit(EXIT_FAILURE, f"{self.prog}: error: {message}\n")
+
+
+# A bad option value is never echoed: it may be a secret typed in the wrong place
+# (`--timeout=<PAT>`). The message names the option (argparse adds it) and what it expects.
+_NOT_SHOWN = "(the value given is not shown, in case it is a secret)"
 
 
 def _seconds(text: str) -> float:
     with contextlib.suppress(ValueError):
         if 0 < (value := float(text)) < float("inf"):
             return value
-    raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    raise argparse.ArgumentTypeError(f"must be a positive number of seconds {_NOT_SHOWN}")
 
 
 def _port(text: str) -> int:
     with contextlib.suppress(ValueError):
         if 0 <= (value := int(text)) <= 65535:
             return value
-    raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535, got {text!r}")
+    raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535 {_NOT_SHOWN}")
 
 
 _DEMO_HELP = """\

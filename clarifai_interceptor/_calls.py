@@ -273,6 +273,11 @@ class RetryingStream(grpc.Call, Iterator[Any]):  # type: ignore[misc]
         details: str | None = self._settle().details()
         return details
 
+    def debug_error_string(self) -> str | None:
+        """The kept attempt's ``debug_error_string()`` (gRPC's, or one of ours)."""
+        own = getattr(self._settle(), "debug_error_string", None)
+        return str(own()) if callable(own) else None
+
 
 def unary_response(attempts: Attempts, start: Start, blocking: bool = False) -> Any:
     """Start a unary-response call: a `RetryFuture`, or for a ``blocking`` caller the final

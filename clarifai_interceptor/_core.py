@@ -6,6 +6,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from clarifai_grpc.channel import clarifai_channel as _clarifai_channel
+
 from ._attempts import Attempts
 from ._budget import TokenBucket
 from ._closing import Closing
@@ -18,9 +20,17 @@ from ._methods import check as check_policies
 from ._policy import NO_RETRY, RetryBudget, RetryPolicy, for_testing
 from ._ratelimit import DEFAULT_RATE_LIMIT, Bucket, Permit, RateLimit
 from ._switch import TESTING
+from ._target import redact
 from .exceptions import CredentialsProviderError
 
 __all__ = ["DEFAULT_RETRY", "Core"]
+
+# V2Stub(channel) reads this module global, which only ClarifaiChannel's getters set: without
+# it every stub on a channel of ours fails with "'NoneType' object is not callable". Every
+# front end builds a Core, so the first use of the package fixes it (importing the package
+# alone loads no gRPC: its pytest plugin is loaded by every pytest run).
+if _clarifai_channel.wrap_response_deserializer is None:
+    _clarifai_channel.wrap_response_deserializer = _clarifai_channel._response_deserializer_for_grpc  # noqa: SLF001
 
 #: The policy used when none is given.
 DEFAULT_RETRY = RetryPolicy()
@@ -71,7 +81,9 @@ class Core:
             )
         self.rate_limit = rate_limit
         self.limit_wait = None if rate_limit is None else rate_limit.max_wait
-        self.target = target
+        # A label (metrics, logs) and a part of the rate limiter's key: user info never goes
+        # there (`USER:PASSWORD@host` shows as `***@host`).
+        self.target = redact(target) if isinstance(target, str) else target
         # The last credentials asked for a bucket, and that bucket: the usual case, unhashed.
         self._limited: tuple[Credentials | None, Bucket | None] = (None, None)
         self._buckets: dict[RetryBudget, TokenBucket] = {}

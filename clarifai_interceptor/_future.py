@@ -21,6 +21,7 @@ from ._closing import CancelledCall, closed
 from ._policy import time_left
 from ._scheduler import Handle, call_later
 from ._steps import Ask, Flow, Send
+from .exceptions import debug_string
 
 __all__ = ["Raised", "RetryFuture", "settled"]
 
@@ -238,6 +239,14 @@ class RetryFuture(grpc.Future, grpc.Call):  # type: ignore[misc]
         final = self._wait(None)
         return "Cancelled" if self._cancelled else final.details()
 
+    def debug_error_string(self) -> str | None:
+        """The final attempt's ``debug_error_string()`` (gRPC's, or one of ours)."""
+        final = self._wait(None)
+        if self._cancelled:
+            return debug_string("cancelled by the caller", grpc.StatusCode.CANCELLED, "Cancelled")
+        own = getattr(final, "debug_error_string", None)
+        return str(own()) if callable(own) else None
+
     def initial_metadata(self) -> Any:
         return self._wait(None).initial_metadata()
 
@@ -301,6 +310,14 @@ class Raised(grpc.Future, grpc.Call):  # type: ignore[misc]
         if isinstance(error, grpc.RpcError):
             return str(error.details())
         return f"not sent: {type(error).__name__}"
+
+    def debug_error_string(self) -> str:
+        """The error's own ``debug_error_string()`` if it has one (a gRPC error, or one of
+        ours); else one shaped as gRPC's, naming the error's type (never its message)."""
+        own = getattr(self._error, "debug_error_string", None)
+        if callable(own):
+            return str(own())
+        return debug_string(type(self._error).__name__, self.code(), self.details())
 
     def initial_metadata(self) -> tuple[()]:
         return ()

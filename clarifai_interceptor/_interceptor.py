@@ -68,7 +68,8 @@ class ClarifaiInterceptor(
             ``retry``. With the default ``retry``, reads and writes already differ (see
             `READ_PATTERNS`).
         target: The channel's target, if known: rate limits are shared per credential
-            identity and target.
+            identity and target. It labels metrics, with any user info (``USER:PASSWORD@``)
+            shown as ``***@``.
 
     Raises:
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.

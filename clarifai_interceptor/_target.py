@@ -20,7 +20,9 @@ __all__ = [
     "SCHEMES",
     "channel_options",
     "check",
+    "redact",
     "resolve_target",
+    "shown",
 ]
 
 #: Where `secure_channel` connects when neither ``target`` nor ``CLARIFAI_GRPC_BASE`` says.
@@ -43,6 +45,15 @@ _RULE = (
 # A DNS name or IPv4 literal: letters, digits, '-', '_' and dots (a trailing dot is an FQDN).
 _HOST_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 _MAX_PORT = 65535
+# Schemes whose text after ':' is a path or name, where '@' is no user info.
+_PATH_SCHEMES = ("unix", "unix-abstract")
+# A prefix kept as is when user info is redacted: ``SCHEME://``, or a gRPC scheme and ':'.
+_PREFIX_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|(?:dns|ipv4|ipv6):", re.IGNORECASE)
+_SHOWN_CHARS = 200
+_USERINFO = (
+    "it carries user info (USER:PASSWORD@, shown as ***@), which gRPC does not authenticate "
+    "with: give HOST[:PORT] alone and pass the secret as credentials"
+)
 
 
 class _BadTargetError(ValueError):
@@ -57,28 +68,56 @@ def check(target: object, origin: str = "") -> str:
         origin: Where it came from, for the message (e.g. ``" from CLARIFAI_GRPC_BASE"``).
 
     Raises:
-        ValueError: The target is not one gRPC can dial; the message says why.
+        ValueError: The target is not one gRPC can dial, or carries user info
+            (``USER:PASSWORD@``); the message says why, and shows no user info.
     """
     if not isinstance(target, str):
         raise ValueError(f"{_RULE}; got a {type(target).__name__}{origin}")
     try:
         return _check(target)
     except _BadTargetError as exc:
-        shown = repr(target) if len(target) <= 200 else repr(target[:200]) + "..."
-        raise ValueError(f"{_RULE}; got {shown}{origin}: {exc}") from None
+        raise ValueError(f"{_RULE}; got {shown(target)}{origin}: {exc}") from None
+
+
+def redact(target: str) -> str:
+    """``target`` with any user info (``USER[:PASSWORD]@``) shown as ``***@``.
+
+    Everything up to the last ``@`` goes (after a ``SCHEME://`` or gRPC scheme prefix, which
+    stays); ``unix:`` and ``unix-abstract:`` names are paths, kept as they are.
+    """
+    scheme, colon, _ = target.partition(":")
+    if "@" not in target or (colon and scheme.lower() in _PATH_SCHEMES):
+        return target
+    found = _PREFIX_RE.match(target)
+    prefix = found.group(0) if found else ""
+    return f"{prefix}***@{target[len(prefix) :].rpartition('@')[2]}"
+
+
+def shown(target: str) -> str:
+    """``target`` for a message: user info redacted, quoted, cut to 200 characters."""
+    return _part(redact(target))
+
+
+def _part(text: str) -> str:
+    """A part of a target for a message: quoted, cut as `shown` cuts a target."""
+    return repr(text) if len(text) <= _SHOWN_CHARS else repr(text[:_SHOWN_CHARS]) + "..."
 
 
 def _check(target: str) -> str:
     if not target:
         raise _BadTargetError("it is empty")
+    scheme, colon, rest = target.partition(":")
+    if "@" in target and not (colon and scheme.lower() in _PATH_SCHEMES):
+        raise _BadTargetError(_USERINFO)
     if any(c.isspace() or not c.isprintable() for c in target):
         raise _BadTargetError("it holds whitespace or a control character")
-    scheme, colon, rest = target.partition(":")
     if colon and scheme.lower() in SCHEMES:
         _NAMED[scheme.lower()](rest)
         return target
     if "://" in target:
-        raise _BadTargetError(f"'{scheme}://' is not a scheme gRPC knows: give HOST[:PORT] alone")
+        raise _BadTargetError(
+            f"{_part(scheme + '://')} is not a scheme gRPC knows: give HOST[:PORT] alone"
+        )
     if "/" in target:
         raise _BadTargetError("HOST[:PORT] has no path")
     _, port = _host_port(target)
@@ -104,22 +143,26 @@ def _host_port(text: str) -> tuple[str, str]:
     if not host:
         raise _BadTargetError("the host is empty")
     if not _HOST_RE.fullmatch(host):
-        raise _BadTargetError(f"{host!r} is not a host name (letters, digits, '-', '_' and dots)")
+        raise _BadTargetError(
+            f"{_part(host)} is not a host name (letters, digits, '-', '_' and dots)"
+        )
     if colon:
         _port(port)
     return host, port
 
 
 def _port(port: str) -> None:
-    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= _MAX_PORT:
-        raise _BadTargetError(f"the port must be a number from 1 to {_MAX_PORT}, not {port!r}")
+    # Length first: int() of a 5,000-digit string raises its own ValueError.
+    digits = port.isascii() and port.isdigit() and len(port.lstrip("0")) <= len(str(_MAX_PORT))
+    if not digits or not 1 <= int(port) <= _MAX_PORT:
+        raise _BadTargetError(f"the port must be a number from 1 to {_MAX_PORT}, not {_part(port)}")
 
 
 def _ipv6(address: str) -> None:
     try:
         ipaddress.IPv6Address(address)
     except ValueError:
-        raise _BadTargetError(f"{address!r} is not an IPv6 address") from None
+        raise _BadTargetError(f"{_part(address)} is not an IPv6 address") from None
 
 
 def _dns(rest: str) -> None:
@@ -154,7 +197,7 @@ def _ipv4_list(rest: str) -> None:
         try:
             ipaddress.IPv4Address(address)
         except ValueError:
-            raise _BadTargetError(f"{address!r} is not an IPv4 address") from None
+            raise _BadTargetError(f"{_part(address)} is not an IPv4 address") from None
         if colon:
             _port(port)
 
@@ -184,8 +227,9 @@ def resolve_target(target: str | None, environ: Mapping[str, str] | None = None)
     ``unix-abstract:NAME``, ``ipv4:ADDRESS[:PORT][,...]``, ``ipv6:[ADDRESS]:PORT[,...]``.
 
     Raises:
-        ValueError: The target is empty, has an ``https://`` scheme, a path, whitespace, or a
-            port that is not a number from 1 to 65535; the message says which.
+        ValueError: The target is empty, has an ``https://`` scheme, a path, whitespace, user
+            info (``USER:PASSWORD@``), or a port that is not a number from 1 to 65535; the
+            message says which (and shows no user info).
     """
     env = os.environ if environ is None else environ
     if target is None:

@@ -342,7 +342,8 @@ def interceptors(
             ``retry``. With the default ``retry``, reads and writes already differ (see
             `READ_PATTERNS`).
         target: The channel's target, if known: rate limits are shared per credential
-            identity and target.
+            identity and target. It labels metrics, with any user info (``USER:PASSWORD@``)
+            shown as ``***@``.
 
     Returns:
         A `UnaryUnaryInterceptor`, `UnaryStreamInterceptor`, `StreamUnaryInterceptor` and

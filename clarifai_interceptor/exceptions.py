@@ -74,6 +74,11 @@ class EndedCall(grpc.RpcError, grpc.Call):  # type: ignore[misc]
     def add_callback(self, callback: Callable[[], None]) -> bool:  # noqa: ARG002 (never runs)
         return False
 
+    def debug_error_string(self) -> str:
+        """What happened, in one short line shaped as gRPC's own errors give it (never a
+        secret): ``CODE:details (ended by clarifai_interceptor: KIND)``."""
+        return debug_string(type(self).__name__, self.code(), self.details())
+
     def __str__(self) -> str:
         return f"<{type(self).__name__} {self.code()}: {self.details()}>"
 
@@ -94,3 +99,10 @@ class RateLimitedError(EndedCall):
     def details(self) -> str:
         bound = "" if self._wait is None else f" within {self._wait:.3f} s"
         return f"the client-side rate limiter refused the call: no permit{bound} (nothing sent)"
+
+
+def debug_string(kind: str, code: grpc.StatusCode, details: str) -> str:
+    """A ``debug_error_string()`` for an error of ours, shaped as grpcio's own (``CODE`` or
+    ``CODE:details``), saying who ended the call and as what; secret-free, as the details are."""
+    said = f"{code.name}:{details}" if details else code.name
+    return f"{said} (ended by clarifai_interceptor: {kind})"

@@ -16,6 +16,10 @@ With pytest-grpc, ``FakeClarifai().servicer()`` serves as its ``grpc_servicer`` 
 directly, with no channel, so no client interceptor ever runs: a test whose ``grpc_servicer`` is
 a FakeClarifai servicer fails at setup under that option, saying so.
 
+Loading the plugin imports neither gRPC nor clarifai_grpc (nor does importing the package):
+every pytest run in an environment that has the package loads it, so it costs nothing until a
+test asks for a fixture.
+
 ``clarifai_testing`` turns the testing switch on for one test (no retry waits at all)::
 
     def test_gives_up_fast(clarifai_fake, clarifai_testing):

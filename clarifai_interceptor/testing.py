@@ -8,7 +8,8 @@ script of outcomes, then from a per-method default, then from the built-in defau
 whose ``status.code`` is ``SUCCESS``.
 
 Example:
-    >>> with FakeClarifai(secrets={"fake-pat": ["Predict", "Models_Get"]}) as fake:
+    >>> predict = ["Predict", "Models_Get", "Concepts_Get", "Apps_Get"]  # PostModelOutputs
+    >>> with FakeClarifai(secrets={"fake-api-key": predict}) as fake:
     ...     fake.script("PostModelOutputs", grpc.StatusCode.UNAVAILABLE, Status(11005))
     ...     ...  # call fake.target through V2Stub, then inspect fake.calls_to("PostModelOutputs")
 """
@@ -268,13 +269,16 @@ class FakeClarifai:
     Args:
         secrets: None for no auth checking. Otherwise maps each valid secret to its scope names
             (``scope_pb2.S`` names such as ``"Predict"``), or to None for every scope. The
-            scope ``"All"`` also grants every scope.
+            scope ``"All"`` also grants every scope. A method needs every scope of its
+            ``cl_depending_scopes``: ``PostModelOutputs`` needs ``Predict``, ``Models_Get``,
+            ``Concepts_Get`` and ``Apps_Get``.
         pats: The secrets in ``secrets`` that are PATs: their calls must name a user in
             ``user_app_id`` (where the request has the field). The others act as API keys,
             which imply their app.
         max_workers: Threads serving calls (the most calls in flight at once).
         port: The port to serve on, 0 for a free one (a fixed port lets a test stop a fake
-            and start another where clients already point).
+            and start another where clients already point; while one serves there, starting
+            another on it fails).
         tls: ``(private_key_pem, certificate_chain_pem)`` to serve TLS (for ``localhost``),
             or None for plain TCP.
 
@@ -384,26 +388,35 @@ class FakeClarifai:
         """Start serving on the port given (a free one by default); return self.
 
         Raises:
-            RuntimeError: Already started, or the port could not be bound.
+            RuntimeError: Already started, or the port could not be bound: it is in use, by
+                another server or another `FakeClarifai` (the port is never shared).
         """
         if self._server is not None:
             raise RuntimeError("FakeClarifai is already started")
         handlers = {name: self._handler(method) for name, method in _METHODS.items()}
         executor = futures.ThreadPoolExecutor(max_workers=self._max_workers)
-        server = grpc.server(executor)
+        # gRPC sets SO_REUSEPORT by default: a second fake on a fixed port would start too and
+        # take half the calls. Without it, the port is this fake's alone, or start fails.
+        server = grpc.server(executor, options=(("grpc.so_reuseport", 0),))
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
         )
+        address = f"127.0.0.1:{self._bind_port}"
         try:
-            address = f"127.0.0.1:{self._bind_port}"
             if self._tls is None:
-                self._port = server.add_insecure_port(address)
+                port = server.add_insecure_port(address)
             else:
                 credentials = grpc.ssl_server_credentials([self._tls])
-                self._port = server.add_secure_port(address, credentials)
+                port = server.add_secure_port(address, credentials)
+            if not port:  # older grpcio returns 0 rather than raise
+                raise RuntimeError("bind failed")  # handled just below
         except RuntimeError:
             executor.shutdown(wait=False)  # not started: the fake stays startable
-            raise
+            raise RuntimeError(
+                f"FakeClarifai cannot listen on {address}: the port is in use (by another "
+                "FakeClarifai or any other server) or not available"
+            ) from None
+        self._port = port
         self._server, self._executor = server, executor
         server.start()
         return self

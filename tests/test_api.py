@@ -30,9 +30,10 @@ def test_exceptions_are_reexported() -> None:
     assert issubclass(clarifai_interceptor.MissingCredentialsError, ValueError)
 
 
-def test_importing_fixes_the_v2stub_quirk_in_a_fresh_process() -> None:
+def test_using_the_package_fixes_the_v2stub_quirk_in_a_fresh_process() -> None:
     code = (
         "import grpc, clarifai_interceptor\n"
+        "clarifai_interceptor.RetryPolicy  # the first use of a name of the package\n"
         "from clarifai_grpc.grpc.api import service_pb2_grpc\n"
         "service_pb2_grpc.V2Stub(grpc.insecure_channel('localhost:1'))\n"
         "print('ok')\n"
@@ -42,3 +43,34 @@ def test_importing_fixes_the_v2stub_quirk_in_a_fresh_process() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_the_pytest_plugin_imports_nothing_heavy_in_a_fresh_process() -> None:
+    # Every pytest run of an environment with the package loads the plugin (entry point).
+    code = (
+        "import clarifai_interceptor.pytest_plugin, sys; "
+        "print('grpc' in sys.modules, 'clarifai_grpc' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_name_of_the_package_loads_on_first_use_in_a_fresh_process() -> None:
+    code = (
+        "import sys, clarifai_interceptor as ci\n"
+        "assert 'grpc' not in sys.modules\n"
+        "assert ci.__version__ and 'grpc' not in sys.modules\n"
+        "from clarifai_interceptor import Credentials, secure_channel\n"
+        "assert ci.Credentials is Credentials and 'grpc' in sys.modules\n"
+        "assert {'RetryPolicy', 'wrap_channel'} <= set(dir(ci))\n"
+        "from clarifai_interceptor import aio\n"
+        "print(aio.secure_channel.__module__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "clarifai_interceptor.aio"

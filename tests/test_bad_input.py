@@ -35,6 +35,7 @@ from clarifai_interceptor import (
 )
 from clarifai_interceptor._channel import channel_options, resolve_target
 from clarifai_interceptor._credentials import ENV_VARS
+from clarifai_interceptor.instrumentation import set_on_retry_hooks
 from clarifai_interceptor.testing import FakeClarifai
 
 PAT = "fake-pat-for-bad-input-tests"
@@ -201,6 +202,74 @@ def test_a_bad_target_from_the_environment_says_so() -> None:
         resolve_target(443, {})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"'x{200}'\.\.\.: "):
         resolve_target("x" * 10_000 + ":abc", {})  # a huge target is cut in the message
+
+
+USERINFO_PASSWORD = "fake-target-password"  # obviously fake: what a userinfo would carry
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        (f"fake-user:{USERINFO_PASSWORD}@api.example.test:443", "'***@api.example.test:443'"),
+        (f"fake-user:{USERINFO_PASSWORD}@localhost", "'***@localhost'"),
+        (f"{USERINFO_PASSWORD}@[::1]:50051", "'***@[::1]:50051'"),
+        (f"https://fake-user:{USERINFO_PASSWORD}@api.example.test", "'https://***@api.example"),
+        (f"dns:///fake-user:{USERINFO_PASSWORD}@api.example.test:443", "'dns://***@api.example"),
+        (f"dns://fake-user:{USERINFO_PASSWORD}@8.8.8.8/api.example.test", "'dns://***@8.8.8.8/"),
+        (f"ipv4:fake-user:{USERINFO_PASSWORD}@127.0.0.1:1", "'ipv4:***@127.0.0.1:1'"),
+        (f"fake-user:{USERINFO_PASSWORD}/x@api.example.test", "'***@api.example.test'"),
+    ],
+)
+def test_a_target_with_user_info_is_refused_without_echoing_it(target: str, shown: str) -> None:
+    for build in (
+        lambda: resolve_target(target, {}),
+        lambda: resolve_target(None, {"CLARIFAI_GRPC_BASE": target}),
+        lambda: insecure_channel(target, CREDS),
+        lambda: secure_channel(target, CREDS),
+        lambda: aio.insecure_channel(target, CREDS),
+        lambda: aio.secure_channel(target, CREDS),
+    ):
+        with pytest.raises(ValueError, match="target must be HOST or HOST:PORT") as info:
+            build()
+        message = str(info.value)
+        assert "it carries user info (USER:PASSWORD@, shown as ***@)" in message
+        assert shown in message
+        assert USERINFO_PASSWORD not in message
+        assert "fake-user" not in message
+    # An '@' in a unix socket's path or abstract name is no user info.
+    assert resolve_target("unix:/run/fake@1.sock", {}) == "unix:/run/fake@1.sock"
+    assert resolve_target("unix-abstract:fake@1", {}) == "unix-abstract:fake@1"
+
+
+def test_the_part_of_a_bad_target_named_in_the_message_is_cut_too() -> None:
+    with pytest.raises(ValueError, match="got ") as info:
+        resolve_target("-" + "h" * 10_000 + ":1", {})
+    assert len(str(info.value)) < 800
+    assert f"'-{'h' * 199}'... is not a host name" in str(info.value)
+    with pytest.raises(ValueError, match="got ") as info:
+        resolve_target("host:" + "9" * 10_000, {})
+    assert len(str(info.value)) < 800
+    assert "the port must be a number from 1 to 65535, not '999" in str(info.value)
+
+
+def test_an_interceptor_target_with_user_info_never_labels_a_retry(fake: FakeClarifai) -> None:
+    seen: list[str] = []
+    set_on_retry_hooks([lambda details: seen.append(details.target)])
+    try:
+        interceptor = ClarifaiInterceptor(
+            CREDS,
+            retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, jitter=0),
+            target=f"fake-user:{USERINFO_PASSWORD}@{fake.target}",
+        )
+        fake.script("ListModels", grpc.StatusCode.UNAVAILABLE)
+        with grpc.insecure_channel(fake.target) as raw:
+            stub = service_pb2_grpc.V2Stub(grpc.intercept_channel(raw, interceptor))
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+    finally:
+        set_on_retry_hooks(None)
+    assert seen == [f"***@{fake.target}"]
+    for each in (repr(interceptor), str(interceptor)):
+        assert USERINFO_PASSWORD not in each
 
 
 # -- channel options -------------------------------------------------------------------------

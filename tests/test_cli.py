@@ -4,13 +4,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -409,15 +412,57 @@ def test_two_secrets_in_the_environment_is_a_credentials_error(
 
 
 @pytest.mark.parametrize("command", ["scopes", "demo"])
-@pytest.mark.parametrize("target", ["http://x", "api.clarifai.com/v2", "a b"])
-def test_malformed_target_is_one_line(
-    command: str, target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        (
+            "http://x",
+            "got 'http://x': 'http://' is not a scheme gRPC knows: give HOST[:PORT] alone",
+        ),
+        ("api.clarifai.com/v2", "got 'api.clarifai.com/v2': HOST[:PORT] has no path"),
+        ("a b", "got 'a b': it holds whitespace or a control character"),
+        ("localhost:abc", "the port must be a number from 1 to 65535, not 'abc'"),
+    ],
+)
+def test_malformed_target_is_one_line_with_the_whole_reason(
+    command: str,
+    target: str,
+    reason: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
     assert main([command, "--target", target, "--timeout", "1"]) == 1
     out, err = capsys.readouterr()
-    assert "target must be HOST or HOST:PORT" in one_line(err)
+    line = one_line(err)
+    assert "target must be HOST or HOST:PORT" in line
+    assert line.endswith(reason)  # the value given and why it is wrong, never cut
     assert out == ""
+
+
+def test_a_huge_target_is_cut_but_not_the_reason(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    assert main(["scopes", "--target", "x" * 10_000 + "/v2", "--timeout", "1"]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert f"got {'x' * 200!r}...: HOST[:PORT] has no path" in line
+    assert len(line) < 800
+
+
+@pytest.mark.parametrize("command", ["scopes", "demo"])
+def test_a_target_with_user_info_is_refused_without_echoing_it(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CLARIFAI_PAT", CLI_PAT)
+    target = f"fake-user:{TYPED}@api.example.test:443"
+    assert main([command, "--target", target, "--timeout", "1"]) == 1
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    assert "got '***@api.example.test:443': it carries user info" in line
+    assert "pass the secret as credentials" in line
+    assert "fake-user" not in line
+    no_secret(out, err)
 
 
 @pytest.mark.parametrize("transport", [["--insecure"], []])  # plain TCP, and TLS
@@ -577,9 +622,26 @@ def test_a_value_typed_for_a_secret_flag_is_never_echoed(
     assert auth_fake.calls == []
 
 
-def test_a_secret_flag_hides_only_what_was_typed_for_it(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["scopes", "--timeout=fast"]) == 1  # not a secret flag: the value is shown
-    assert "'fast'" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["scopes", f"--timeout={TYPED}"], "argument --timeout: must be a positive number"),
+        (["scopes", "--timeout", TYPED], "argument --timeout: must be a positive number"),
+        (["demo", f"--timeout={TYPED}"], "argument --timeout: must be a positive number"),
+        (["fake", f"--port={TYPED}"], "argument --port: must be a TCP port from 0 to 65535"),
+        (["fake", f"--po={TYPED}"], "argument --port: must be a TCP port from 0 to 65535"),
+        (["scopes", f"--t={TYPED}"], "ambiguous option: --t could match --target, --timeout"),
+    ],
+)
+def test_a_bad_option_value_is_never_echoed(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A secret pasted where an option's value goes (`--timeout=<PAT>`) must not be printed:
+    # the message names the option and what it expects, not the value.
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert expected in err
+    no_secret(out, err)
 
 
 # -- synopsis, demo header, broken pipes, fake ---------------------------------------------------
@@ -652,54 +714,114 @@ def test_other_output_into_a_closed_pipe_is_quiet(argv: list[str]) -> None:
     assert closed_stdout(*argv) == (0, "")
 
 
+# The child restores Python's own SIGINT handler before it runs the CLI: a shell starts a
+# background job (`pytest ... &`) with SIGINT ignored, which its children inherit, and Python
+# installs its KeyboardInterrupt handler only where SIGINT is not ignored.
+RESTORE_SIGINT = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('clarifai_interceptor', run_name='__main__', alter_sys=True)"
+)
+WAIT = 60  # seconds: the most any read from, or wait for, a CLI child takes
+
+
+class Child:
+    """``python -m clarifai_interceptor ARGS`` as a child process whose every wait is bounded:
+    its stdout is read by a thread, and a child that does not stop when told is killed."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", RESTORE_SIGINT, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)  # end of output
+
+    def readline(self) -> str:
+        """The next line of stdout ("" at its end); fails after `WAIT` seconds without one."""
+        try:
+            line = self._lines.get(timeout=WAIT)
+        except queue.Empty:
+            pytest.fail(f"no line from the CLI child within {WAIT} s")
+        if line is None:
+            self._lines.put(None)
+            return ""
+        return line
+
+    def rest(self) -> str:
+        """The rest of stdout, once the child has ended."""
+        return "".join(iter(self.readline, ""))
+
+    def stop(self, signum: int) -> int:
+        """Send ``signum`` and return the exit status; fails if the child has not ended within
+        `WAIT` seconds (it is killed when the test ends)."""
+        self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the CLI child did not stop within {WAIT} s of signal {signum}")
+
+    def stderr(self) -> str:
+        assert self.process.stderr is not None
+        return self.process.stderr.read()
+
+    def close(self) -> None:
+        """Kill the child if it still runs, reap it, close its pipes: never a wait unbounded."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=WAIT)
+        self._reader.join(timeout=WAIT)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@contextlib.contextmanager
+def cli_child(*args: str) -> Iterator[Child]:
+    child = Child(*args)
+    try:
+        yield child
+    finally:
+        child.close()
+
+
 def test_fake_serves_until_interrupted_and_scopes_can_try_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with subprocess.Popen(
-        [sys.executable, "-m", "clarifai_interceptor", "fake", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    ) as fake:
-        assert fake.stdout is not None
-        assert fake.stderr is not None
-        try:
-            first = fake.stdout.readline()
-            found = re.search(r"on (127\.0\.0\.1:\d+) \(plain TCP\); Ctrl-C stops it", first)
-            assert found, first
-            target = found.group(1)
-            printed = "".join(fake.stdout.readline() for _ in range(4))
-            assert f"scopes --insecure --target {target}" in printed
-            argv = ["scopes", "--insecure", "--target", target, "--timeout", TIMEOUT]
-            monkeypatch.setenv("CLARIFAI_API_KEY", DEMO_NARROW_KEY)
-            assert main(argv) == 0
-            assert "scopes (1):\n  Inputs_Get\n" in capsys.readouterr().out
-            monkeypatch.delenv("CLARIFAI_API_KEY")
-            monkeypatch.setenv("CLARIFAI_PAT", DEMO_PAT)
-            assert main(argv) == 2  # a PAT must name its user, as on Clarifai
-            assert "CONN_INVALID_REQUEST" in one_line(capsys.readouterr().err)
-            monkeypatch.setenv("CLARIFAI_USER_ID", "me")
-            assert main(argv) == 0
-            assert "acting on me/*" in capsys.readouterr().out
-        finally:
-            fake.send_signal(signal.SIGINT)  # Ctrl-C
-            status = fake.wait(timeout=60)
-        assert status == 0
-        assert "stopped after 3 calls" in fake.stdout.read()
-        assert fake.stderr.read() == ""
+    with cli_child("fake", "--port", "0") as fake:
+        first = fake.readline()
+        found = re.search(r"on (127\.0\.0\.1:\d+) \(plain TCP\); Ctrl-C stops it", first)
+        assert found, first
+        target = found.group(1)
+        printed = "".join(fake.readline() for _ in range(4))
+        assert f"scopes --insecure --target {target}" in printed
+        argv = ["scopes", "--insecure", "--target", target, "--timeout", TIMEOUT]
+        monkeypatch.setenv("CLARIFAI_API_KEY", DEMO_NARROW_KEY)
+        assert main(argv) == 0
+        assert "scopes (1):\n  Inputs_Get\n" in capsys.readouterr().out
+        monkeypatch.delenv("CLARIFAI_API_KEY")
+        monkeypatch.setenv("CLARIFAI_PAT", DEMO_PAT)
+        assert main(argv) == 2  # a PAT must name its user, as on Clarifai
+        assert "CONN_INVALID_REQUEST" in one_line(capsys.readouterr().err)
+        monkeypatch.setenv("CLARIFAI_USER_ID", "me")
+        assert main(argv) == 0
+        assert "acting on me/*" in capsys.readouterr().out
+        assert fake.stop(signal.SIGINT) == 0  # Ctrl-C
+        assert "stopped after 3 calls" in fake.rest()
+        assert fake.stderr() == ""
 
 
 def test_fake_stops_on_sigterm_too() -> None:
-    with subprocess.Popen(
-        [sys.executable, "-m", "clarifai_interceptor", "fake"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    ) as fake:
-        assert fake.stdout is not None
-        assert "Ctrl-C stops it" in fake.stdout.readline()
-        fake.terminate()
-        assert fake.wait(timeout=60) == 0
-        assert "stopped after 0 calls" in fake.stdout.read()
+    with cli_child("fake") as fake:
+        assert "Ctrl-C stops it" in fake.readline()
+        assert fake.stop(signal.SIGTERM) == 0
+        assert "stopped after 0 calls" in fake.rest()

@@ -346,6 +346,22 @@ def test_future_settles_when_its_channel_closes_during_a_retry_wait(
     assert len(fake.calls_to("PostModelOutputs")) == 1
 
 
+def test_a_call_ended_by_a_close_has_a_debug_error_string(fake: FakeClarifai) -> None:
+    channel = insecure_channel(
+        fake.target, PAT_CREDS, retry=RetryPolicy(initial_backoff=0.3, jitter=0)
+    )
+    fake.script("PostModelOutputs", UNAVAILABLE)
+    future = service_pb2_grpc.V2Stub(channel).PostModelOutputs.future(predict_request(), timeout=T)
+    wait_until(lambda: len(fake.calls_to("PostModelOutputs")) == 1)
+    channel.close()
+    error = future.exception(timeout=5)
+    assert _ended_by_close(error)
+    assert isinstance(error, CancelledCall)
+    expected = f"CANCELLED:{CLOSED_DETAILS} (ended by clarifai_interceptor: CancelledCall)"
+    assert error.debug_error_string() == expected
+    assert future.debug_error_string() == expected
+
+
 def test_blocking_call_ends_when_its_channel_closes_during_a_retry_wait(
     path: Path, fake: FakeClarifai
 ) -> None:

@@ -147,6 +147,10 @@ def test_cancelled_call_is_a_finished_call() -> None:
     with pytest.raises(grpc.RpcError):
         next(call)
     assert "CANCELLED" in str(call)
+    assert call.debug_error_string() == (
+        "CANCELLED:Cancelled by the caller while waiting to retry "
+        "(ended by clarifai_interceptor: CancelledCall)"
+    )
 
 
 def test_stream_time_remaining_and_activity(path: Path, fake: FakeClarifai) -> None:
@@ -182,6 +186,11 @@ def test_raised_is_a_finished_future_that_raises_its_error() -> None:
     assert call.add_callback(lambda: None) is False
     assert call.code() is grpc.StatusCode.UNKNOWN
     assert call.details() == "not sent: ValueError"
+    # The error's type, never its message (which may quote what the caller passed).
+    assert call.debug_error_string() == (
+        "UNKNOWN:not sent: ValueError (ended by clarifai_interceptor: ValueError)"
+    )
+    assert Raised(CancelledCall()).debug_error_string() == CancelledCall().debug_error_string()
     assert call.initial_metadata() == call.trailing_metadata() == ()
 
 
@@ -279,6 +288,22 @@ def test_future_exhausted_holds_the_last_error(path: Path, fake: FakeClarifai) -
     assert future.code() is UNAVAILABLE
     assert future.details() == "attempt 3"
     assert len(fake.calls_to("PostModelOutputs")) == 3
+
+
+def test_a_retried_future_and_stream_give_the_last_attempts_debug_error_string(
+    path: Path, fake: FakeClarifai
+) -> None:
+    # As gRPC's own future and stream do: CODE:details of the error they ended with.
+    retry = dataclasses.replace(FAST, max_attempts=2)
+    fake.script("PostModelOutputs", *[Fail(UNAVAILABLE, f"attempt {n}") for n in (1, 2)])
+    future = path.stub(retry=retry).PostModelOutputs.future(predict_request(), timeout=T)
+    assert future.exception(timeout=T) is not None
+    assert future.debug_error_string() == "UNAVAILABLE:attempt 2"
+    fake.script("GenerateModelOutputs", *[Fail(UNAVAILABLE, f"stream {n}") for n in (1, 2)])
+    stream = path.stub(retry=retry).GenerateModelOutputs(predict_request(), timeout=T)
+    with pytest.raises(grpc.RpcError):
+        list(stream)
+    assert stream.debug_error_string() == "UNAVAILABLE:stream 2"
 
 
 def test_future_passes_scope_errors_through(path: Path, fake: FakeClarifai) -> None:

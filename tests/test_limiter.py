@@ -740,6 +740,29 @@ def test_fail_fast_raises_our_rpc_error_and_sends_nothing(fake: FakeClarifai) ->
         assert len(fake.calls_to(METHOD)) == before
 
 
+def test_a_refused_call_has_a_debug_error_string_as_grpcs_errors_do(fake: FakeClarifai) -> None:
+    limit = RateLimit(per_second=0.5, max_wait=0)
+    denied = grpc.StatusCode.PERMISSION_DENIED  # gRPC's own error, to compare
+    fake.script(METHOD, denied, denied)
+    for name, channel in sync_channels(fake, retry=FAST, rate_limit=limit):
+        _limiter._reset()
+        stub = service_pb2_grpc.V2Stub(channel)
+        with pytest.raises(grpc.RpcError) as theirs:
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        assert theirs.value.debug_error_string().startswith("PERMISSION_DENIED"), name
+        with pytest.raises(RateLimitedError) as refused:
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        text = refused.value.debug_error_string()
+        assert text == (  # gRPC's shape, CODE:details, and who ended the call
+            f"RESOURCE_EXHAUSTED:{refused.value.details()} "
+            "(ended by clarifai_interceptor: RateLimitedError)"
+        )
+        assert "the client-side rate limiter refused the call" in text
+        assert PAT_CREDS.secret.reveal() not in text
+        future = stub.ListModels.future(service_pb2.ListModelsRequest(), timeout=T)
+        assert future.debug_error_string() == text, name
+
+
 def test_no_permit_wait_runs_past_the_call_deadline(fake: FakeClarifai) -> None:
     limit = RateLimit(per_second=0.2, max_wait=None)  # would wait 5 s for the second permit
     for _name, channel in sync_channels(fake, retry=FAST, rate_limit=limit):
