@@ -357,6 +357,7 @@ async def test_credential_header_on_the_call_wins_and_user_app_id_stays_empty_on
 @pytest.mark.asyncio
 async def test_compression_passes_through(aio_path: AioPath, fake: FakeClarifai) -> None:
     # grpc.aio carries compression= as a "grpc-internal-" metadata entry of its own.
+    # grpcio 1.78 and older spell its key as bytes (_metadata._GRPC_OWN lets both through).
     async with aio_path.stub() as stub:
         response = await stub.PostModelOutputs(
             predict_request(), timeout=T, compression=grpc.Compression.Gzip
@@ -364,10 +365,18 @@ async def test_compression_passes_through(aio_path: AioPath, fake: FakeClarifai)
         assert response.status.code == SUCCESS
         stream = aio_generate(stub, compression=grpc.Compression.Gzip, metadata=(("x-k", "v"),))
         assert len(await read_all(stream)) == 3
+        response = await stub.PostModelOutputs(
+            predict_request(),
+            timeout=T,
+            compression=grpc.Compression.Deflate,
+            metadata=grpc.aio.Metadata(("x-k", "w")),
+        )
+        assert response.status.code == SUCCESS
     for call in fake.calls:
         assert credentials_sent(call) == [PAT_HEADER]
         assert call.request.user_app_id == UAI
     assert fake.calls[1].header("x-k") == "v"
+    assert fake.calls[2].header("x-k") == "w"
 
 
 # -- overrides and providers -----------------------------------------------------------------
