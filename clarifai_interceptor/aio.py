@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from . import _aio_fixes
 from ._attempts import END, Attempts, Send
 from ._context import CredentialsSource, below_us_async, outer
 from ._core import DEFAULT_RETRY, Core
@@ -42,6 +43,8 @@ __all__ = [
 
 _Start = Callable[[int, float | None], Awaitable[Any]]  # (attempt, timeout) -> the attempt's call
 _I = TypeVar("_I", bound="_Interceptor")
+
+_aio_fixes.apply()  # older grpcio's aio bugs that the caller of a call would see
 
 
 async def _first(messages: AsyncIterator[Any]) -> object:
