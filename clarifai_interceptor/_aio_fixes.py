@@ -9,6 +9,7 @@ the process, as on the fixed releases, and nothing changes on those.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -26,7 +27,7 @@ def apply() -> None:
     if GRPC_VERSION < (1, 65):
         _read_ends_with_eof(_interceptor._InterceptedStreamResponseMixin)  # noqa: SLF001
     if GRPC_VERSION < (1, 83):
-        _cancel_after_an_error_is_false(_interceptor.InterceptedCall)
+        _failed_calls_report_it(_interceptor.InterceptedCall)
 
 
 def _read_ends_with_eof(mixin: Any) -> None:
@@ -44,17 +45,44 @@ def _read_ends_with_eof(mixin: Any) -> None:
     mixin.read = read_until_eof
 
 
-def _cancel_after_an_error_is_false(call_class: Any) -> None:
+def _failed_calls_report_it(call_class: Any) -> None:
     """grpcio 1.82 and older: once an interceptor raised anything but an ``AioRpcError`` (our
-    `RateLimitedError`, a ``ValueError`` for bad metadata...), ``cancel()`` on the caller's
-    call raises it again, and so does ``InterceptedCall.__del__``, which calls it: "Exception
-    ignored in ... __del__" on stderr whenever such a call is collected. 1.83 returns False."""
-    cancel = call_class.cancel
+    `RateLimitedError`, a ``ValueError`` for bad metadata...), the caller's call raises it
+    again from ``cancel()`` (so from ``__del__``, which calls it: "Exception ignored in ...
+    __del__" on stderr whenever such a call is collected), ``done()``, ``cancelled()`` and
+    ``add_done_callback()``, and the done callbacks added before it never run. Here, as in
+    1.83: a call that failed so is done, not cancelled, cannot be cancelled, and runs its
+    done callbacks."""
+    cancel, done, cancelled = call_class.cancel, call_class.done, call_class.cancelled
+    add_done_callback = call_class.add_done_callback
+    fire = call_class._fire_or_add_pending_done_callbacks  # noqa: SLF001
 
-    def cancel_unless_failed(self: Any) -> bool:
-        task = self._interceptors_task
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            return False  # nothing in flight to cancel
-        return bool(cancel(self))
+    def failed(task: asyncio.Task[Any]) -> bool:
+        return (
+            task.done()
+            and not task.cancelled()
+            and isinstance(task.exception(), Exception)
+            and not isinstance(task.exception(), grpc.aio.AioRpcError)
+        )
 
-    call_class.cancel = cancel_unless_failed
+    def fire_when_failed(self: Any, task: asyncio.Task[Any]) -> None:
+        if not failed(task):
+            fire(self, task)
+            return
+        pending, self._pending_add_done_callbacks = self._pending_add_done_callbacks, []
+        for callback in pending:
+            callback(self)
+
+    def add_when_failed(self: Any, callback: Any) -> None:
+        if not failed(self._interceptors_task):
+            add_done_callback(self, callback)
+            return
+        callback(self)
+
+    call_class.cancel = lambda self: False if failed(self._interceptors_task) else cancel(self)
+    call_class.done = lambda self: True if failed(self._interceptors_task) else done(self)
+    call_class.cancelled = lambda self: (
+        False if failed(self._interceptors_task) else cancelled(self)
+    )
+    call_class.add_done_callback = add_when_failed
+    call_class._fire_or_add_pending_done_callbacks = fire_when_failed  # noqa: SLF001

@@ -820,19 +820,29 @@ async def test_invalid_metadata_fails_naming_the_key_on_aio(
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("kind", AIO_PATHS)
-async def test_an_aio_call_refused_before_sending_cancels_as_false_and_goes_quietly(
+async def test_an_aio_call_refused_before_sending_is_done_and_goes_quietly(
     kind: str, fake: FakeClarifai
 ) -> None:
-    # grpcio 1.82 and older raised the refusal again from cancel(), and so from the call's
-    # __del__ (_aio_fixes gives it 1.83's cancel()): a warning here, an error in this suite.
+    # grpcio 1.82 and older raised the refusal again from cancel() (so from the call's __del__:
+    # a warning, an error in this suite), done(), cancelled() and add_done_callback(), and never
+    # ran the done callbacks added before it (_aio_fixes gives them 1.83's behaviour).
     async with aio_stub(kind, fake.target) as stub:
         call = stub.ListModels(
             service_pb2.ListModelsRequest(), timeout=T, metadata=[("X-Upper", "v")]
         )
+        seen: list[object] = []
+        call.add_done_callback(seen.append)
         with pytest.raises(ValueError, match="'X-Upper'"):
             await call
+        await asyncio.sleep(0)  # the task's done callbacks run in the loop
+        assert seen == [call]
+        call.add_done_callback(seen.append)
+        assert seen == [call, call]
+        assert call.done() is True
+        assert call.cancelled() is False
         assert call.cancel() is False
         del call
+        seen.clear()
         gc.collect()
     assert fake.calls == []
 
