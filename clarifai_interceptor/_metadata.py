@@ -6,6 +6,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import grpc
+
 from ._credentials import CREDENTIAL_KEYS, Credentials
 from ._policy import ATTEMPT_HEADER
 from ._secret import CredentialPair, Pairs
@@ -15,8 +17,9 @@ __all__ = ["Pairs", "for_attempt", "merge", "validate"]
 # What grpc-core accepts; anything else fails at call time as an opaque INTERNAL.
 _KEY_RE = re.compile(r"[0-9a-z_.\-]+")
 _VALUE_RE = re.compile(r"[ -~]*")
-# Entries grpc itself puts in the caller's metadata (grpc.aio carries ``compression=`` so).
-_GRPC_OWN = frozenset({"grpc-internal-encoding-request"})
+# Entries grpc itself puts in the caller's metadata (grpc.aio carries ``compression=`` so);
+# grpcio 1.78 and older spell that key as bytes.
+_GRPC_OWN = frozenset({"grpc-internal-encoding-request", b"grpc-internal-encoding-request"})
 _NONE = Pairs(())
 
 
@@ -58,6 +61,8 @@ def merge(
     if (
         kind is not tuple
         and kind is not list
+        # grpc.aio's own, a Mapping (that iterates pairs) on grpcio 1.62 and older
+        and not isinstance(metadata, grpc.aio.Metadata)
         and (isinstance(metadata, str | bytes | Mapping) or not isinstance(metadata, Iterable))
     ):
         raise ValueError(

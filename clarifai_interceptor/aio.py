@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from . import _aio_fixes
 from ._attempts import Attempts
 from ._context import CredentialsSource, Marking, outer
 from ._core import DEFAULT_RETRY, Core
@@ -43,6 +44,8 @@ __all__ = [
 
 _Start = Callable[[int, float | None], Awaitable[Any]]  # (attempt, timeout) -> the attempt's call
 _I = TypeVar("_I", bound="_Interceptor")
+
+_aio_fixes.apply()  # older grpcio's aio bugs that the caller of a call would see
 
 
 async def _outcome(call: Any) -> object:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import re
 import threading
 import time
@@ -357,6 +358,7 @@ async def test_credential_header_on_the_call_wins_and_user_app_id_stays_empty_on
 @pytest.mark.asyncio
 async def test_compression_passes_through(aio_path: AioPath, fake: FakeClarifai) -> None:
     # grpc.aio carries compression= as a "grpc-internal-" metadata entry of its own.
+    # grpcio 1.78 and older spell its key as bytes (_metadata._GRPC_OWN lets both through).
     async with aio_path.stub() as stub:
         response = await stub.PostModelOutputs(
             predict_request(), timeout=T, compression=grpc.Compression.Gzip
@@ -364,10 +366,18 @@ async def test_compression_passes_through(aio_path: AioPath, fake: FakeClarifai)
         assert response.status.code == SUCCESS
         stream = aio_generate(stub, compression=grpc.Compression.Gzip, metadata=(("x-k", "v"),))
         assert len(await read_all(stream)) == 3
+        response = await stub.PostModelOutputs(
+            predict_request(),
+            timeout=T,
+            compression=grpc.Compression.Deflate,
+            metadata=grpc.aio.Metadata(("x-k", "w")),
+        )
+        assert response.status.code == SUCCESS
     for call in fake.calls:
         assert credentials_sent(call) == [PAT_HEADER]
         assert call.request.user_app_id == UAI
     assert fake.calls[1].header("x-k") == "v"
+    assert fake.calls[2].header("x-k") == "w"
 
 
 # -- overrides and providers -----------------------------------------------------------------
@@ -805,6 +815,35 @@ async def test_invalid_metadata_fails_naming_the_key_on_aio(
     async with aio_stub(kind, fake.target) as stub:
         with pytest.raises(ValueError, match=re.escape(repr(key))):
             await list_models(stub, metadata=[(key, value)])
+    assert fake.calls == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", AIO_PATHS)
+async def test_an_aio_call_refused_before_sending_is_done_and_goes_quietly(
+    kind: str, fake: FakeClarifai
+) -> None:
+    # grpcio 1.82 and older raised the refusal again from cancel() (so from the call's __del__:
+    # a warning, an error in this suite), done(), cancelled() and add_done_callback(), and never
+    # ran the done callbacks added before it (_aio_fixes gives them 1.83's behaviour).
+    async with aio_stub(kind, fake.target) as stub:
+        call = stub.ListModels(
+            service_pb2.ListModelsRequest(), timeout=T, metadata=[("X-Upper", "v")]
+        )
+        seen: list[object] = []
+        call.add_done_callback(seen.append)
+        with pytest.raises(ValueError, match="'X-Upper'"):
+            await call
+        await asyncio.sleep(0)  # the task's done callbacks run in the loop
+        assert seen == [call]
+        call.add_done_callback(seen.append)
+        assert seen == [call, call]
+        assert call.done() is True
+        assert call.cancelled() is False
+        assert call.cancel() is False
+        del call
+        seen.clear()
+        gc.collect()
     assert fake.calls == []
 
 

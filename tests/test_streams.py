@@ -335,6 +335,23 @@ async def test_a_retried_stream_read_ends_with_eof(aio_path: AioPath, fake: Fake
     assert len(fake.calls_to("GenerateModelOutputs")) == 4
 
 
+@pytest.mark.asyncio
+async def test_a_stream_not_retried_read_ends_with_eof(
+    aio_path: AioPath, fake: FakeClarifai
+) -> None:
+    # The caller reads gRPC's own call through gRPC's wrapper, which on grpcio 1.64 and older
+    # raised StopAsyncIteration at the end (_aio_fixes gives it 1.65's read()).
+    fake.script("GenerateModelOutputs", Stream([output("a")]))
+    fake.script(STREAM_METHOD, Stream([output("b")]))
+    async with aio_path.stub(retry=None) as stub:
+        server_stream = aio_generate(stub)
+        bidi = stub.StreamModelOutputs(three_requests(), timeout=T)
+        for stream, expected in ((server_stream, "a"), (bidi, "b")):
+            assert ids([await stream.read()]) == [expected]
+            assert await stream.read() is grpc.aio.EOF
+            assert await stream.code() is grpc.StatusCode.OK
+
+
 # -- the call object of a response stream ----------------------------------------------------
 
 
