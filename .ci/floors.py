@@ -10,7 +10,7 @@ plain ``>=`` floor is an error, as is a package named twice with two floors.
 installed, and fails unless each is installed at exactly its pin.
 
 ``floors.py --pythons`` prints the oldest Python ``python_requires`` allows and the newest the
-classifiers declare (``3.10 3.13``): the floors job runs on the first, the main job on the
+classifiers declare (``3.10 3.12``): the floors job runs on the first, the main job on the
 second.
 """
 
