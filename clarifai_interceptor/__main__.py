@@ -536,6 +536,13 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(EXIT_FAILURE, f"{self.prog}: error: {message}\n")
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # `--help | head -0`: Python 3.10's argparse lets the broken pipe raise here, so the
+        # exit that follows never runs; 3.11 and later ignore it. Do the same on 3.10 (main
+        # then sends the unflushed rest to devnull).
+        with contextlib.suppress(BrokenPipeError):
+            super()._print_message(message, file)
+
 
 # A bad option value is never echoed: it may be a secret typed in the wrong place
 # (`--timeout=<PAT>`). The message names the option (argparse adds it) and what it expects.

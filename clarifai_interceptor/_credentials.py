@@ -13,6 +13,7 @@ from typing import Literal, NoReturn
 
 from clarifai_grpc.grpc.api import resources_pb2
 
+from ._compat import slotted
 from ._secret import (
     _NO_PICKLE,
     AUTHORIZATION,
@@ -62,6 +63,7 @@ MAX_SECRET_LENGTH = 1024
 _no_user_warning = threading.Lock()
 
 
+@slotted
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Credentials:
     """A Clarifai secret and, for a PAT or session token, the user and app it acts on.

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 
+from ._compat import slotted
 from ._switch import TESTING
 from .exceptions import RateLimitedError
 
@@ -81,6 +82,7 @@ def _number(name: str, value: object, *, low: float, allow_low: bool = True) -> 
         raise ValueError(f"{name} must be a finite number {rule} {low}, got {value!r}")
 
 
+@slotted
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryBudget:
     """A retry budget (gRFC A6 "retryThrottling"): a token bucket per channel or interceptor.
@@ -113,6 +115,7 @@ class RetryBudget:
         _number("throttle_cost", self.throttle_cost, low=0)
 
 
+@slotted
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
     """When and how a call is retried. Immutable: change with ``dataclasses.replace``.

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from ._compat import slotted
+
 __all__ = ["DEFAULT_RATE_LIMIT", "GO", "Bucket", "Permit", "RateLimit", "Store"]
 
 
@@ -24,6 +26,7 @@ def _positive(
         raise ValueError(f"{name} must be a finite number {rule}{none}, got {value!r}")
 
 
+@slotted
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RateLimit:
     """How attempts are paced, client-side. Immutable: change with ``dataclasses.replace``.

@@ -52,6 +52,7 @@ from ._channel import (
     secure_channel,
 )
 from ._channel import wrap_channel as _wrap_channel
+from ._compat import slotted
 from ._core import DEFAULT_RETRY
 from ._credentials import AUTHORIZATION, SESSION_TOKEN, Credentials
 from ._policy import RetryPolicy
@@ -90,6 +91,7 @@ class UnsupportedSDKError(RuntimeError):
     """The installed ``clarifai`` SDK is missing or outside `SUPPORTED_VERSIONS`."""
 
 
+@slotted
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Config:
     retry: RetryPolicy | None
@@ -496,6 +498,7 @@ class _SdkChannel(Delegating):
     stream_stream = _strip_factory("stream_stream", _StripStreamStream)
 
 
+@slotted
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Where:
     """Where an SDK client connects, decided as the SDK decides it."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
+import pkgutil
 import subprocess
 import sys
 
@@ -74,3 +78,35 @@ def test_a_name_of_the_package_loads_on_first_use_in_a_fresh_process() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clarifai_interceptor.aio"
+
+
+def slotted_dataclasses() -> list[type]:
+    """Every ``dataclass(slots=True)`` the package defines (the SDK module's when it imports)."""
+    found: list[type] = []
+    for info in pkgutil.walk_packages(clarifai_interceptor.__path__, "clarifai_interceptor."):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # clarifai_interceptor.sdk without the [sdk] extra
+            continue
+        found.extend(
+            value
+            for value in vars(module).values()
+            if isinstance(value, type)
+            and value.__module__ == info.name
+            and dataclasses.is_dataclass(value)
+            and "__slots__" in value.__dict__
+        )
+    return found
+
+
+def test_slotted_dataclasses_show_their_members() -> None:
+    # Python 3.10's dataclass(slots=True) left the original class's __weakref__ on the new
+    # one, where it applies to no instance: getmembers (and help) raised TypeError.
+    classes = slotted_dataclasses()
+    assert len(classes) >= 7
+    for cls in classes:
+        stale = cls.__dict__.get("__weakref__")
+        assert stale is None or stale.__objclass__ is cls, cls
+        inspect.getmembers(cls)
+    inspect.getmembers(clarifai_interceptor.Credentials.from_api_key("fake-key"))
+    inspect.getmembers(clarifai_interceptor.RetryPolicy())

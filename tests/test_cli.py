@@ -709,7 +709,7 @@ def test_scopes_into_a_closed_pipe_exits_as_the_call_went(auth_fake: FakeClarifa
     assert "CONN_KEY_INVALID" in one_line(err)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["demo"], ["demo", "--json"]])
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["demo"], ["demo", "--json"]])
 def test_other_output_into_a_closed_pipe_is_quiet(argv: list[str]) -> None:
     assert closed_stdout(*argv) == (0, "")
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+from .._compat import slotted
+
 __all__ = ["CallSummary", "CutBy", "Reason", "RetryDetails"]
 
 #: Why a wait lasts what it does: the policy's backoff, the server's pushback, or the limiter.
@@ -17,6 +19,7 @@ Reason: TypeAlias = Literal["backoff", "pushback", "limiter"]
 CutBy: TypeAlias = Literal["budget", "limiter", "attempts", "deadline", "pushback"]
 
 
+@slotted
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryDetails:
     """A retry that is about to be waited for: given to each on-retry hook, before the wait.
@@ -47,6 +50,7 @@ class RetryDetails:
     deadline_left: float | None
 
 
+@slotted
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallSummary:
     """How a call that was retried, throttled or cut short ended: given to each hook's

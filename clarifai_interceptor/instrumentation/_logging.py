@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from .._compat import slotted
 from ._data import RetryDetails
 
 __all__ = ["LoggingHook"]
 
 
+@slotted
 @dataclass(frozen=True, slots=True)
 class LoggingHook:
     """Log each retry on a logger: ``retrying PostInputs: attempt 1 got UNAVAILABLE; waiting
