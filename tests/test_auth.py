@@ -854,6 +854,8 @@ def test_caller_metadata_is_refused_or_sent_exactly(
 ) -> None:
     # A str value on a -bin key is a known bug, tested on its own below.
     assume(not any(k.endswith("-bin") and isinstance(v, str) for k, v in pairs))
+    # gRPC's tracing header: grpcio 1.60 (the floor) sends a repeated one differently.
+    assume(sum(k == "traceparent" for k, _ in pairs) <= 1)
     fake, stubs = metadata_stubs
     valid = all(grpc_accepts(key, value) for key, value in pairs)
     event("valid: sent" if valid else "invalid: refused")
