@@ -388,16 +388,13 @@ class FakeClarifai:
         """Start serving on the port given (a free one by default); return self.
 
         Raises:
-            RuntimeError: Already started, or the port could not be bound: it is in use, by
-                another server or another `FakeClarifai` (the port is never shared).
+            RuntimeError: Already started, or the port could not be bound.
         """
         if self._server is not None:
             raise RuntimeError("FakeClarifai is already started")
         handlers = {name: self._handler(method) for name, method in _METHODS.items()}
         executor = futures.ThreadPoolExecutor(max_workers=self._max_workers)
-        # gRPC sets SO_REUSEPORT by default: a second fake on a fixed port would start too and
-        # take half the calls. Without it, the port is this fake's alone, or start fails.
-        server = grpc.server(executor, options=(("grpc.so_reuseport", 0),))
+        server = grpc.server(executor)
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
         )
@@ -413,8 +410,7 @@ class FakeClarifai:
         except RuntimeError:
             executor.shutdown(wait=False)  # not started: the fake stays startable
             raise RuntimeError(
-                f"FakeClarifai cannot listen on {address}: the port is in use (by another "
-                "FakeClarifai or any other server) or not available"
+                f"FakeClarifai cannot listen on {address}: the port is in use or not available"
             ) from None
         self._port = port
         self._server, self._executor = server, executor
