@@ -69,6 +69,7 @@ if TYPE_CHECKING:
         CredentialsProviderError,
         MissingCredentialsError,
         NoUserIdWarning,
+        QuotaExceededError,
         RateLimitedError,
     )
 
@@ -90,6 +91,7 @@ __all__ = [
     "CredentialsProviderError",
     "MissingCredentialsError",
     "NoUserIdWarning",
+    "QuotaExceededError",
     "RateLimit",
     "RateLimitedError",
     "RetryBudget",
@@ -129,6 +131,7 @@ _HOMES = {
         "CredentialsProviderError",
         "MissingCredentialsError",
         "NoUserIdWarning",
+        "QuotaExceededError",
         "RateLimitedError",
     ),
 }

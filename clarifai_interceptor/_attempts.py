@@ -34,10 +34,11 @@ from clarifai_grpc.grpc.api.status import status_code_pb2 as _sc
 from ._budget import TokenBucket
 from ._closing import CancelledCall, Closing, closed
 from ._policy import RetryPolicy, describe, for_testing, pushback, time_left
-from ._ratelimit import Bucket, Permit
+from ._ratelimit import OK, Bucket, Permit, Quota, Signal
+from ._signals import read
 from ._steps import NOTHING, Ask, Flow, Send, Step, Wait
 from ._switch import TESTING
-from .exceptions import RateLimitedError
+from .exceptions import QuotaExceededError, RateLimitedError
 from .instrumentation import _hooks
 from .instrumentation._data import CallSummary, CutBy, Reason, RetryDetails
 
@@ -240,8 +241,8 @@ class Attempts:
             if permit is None and self.limiter is not None:
                 bound = permit_bound(self.deadline, self.limit_wait)
                 permit = yield Ask(("acquire", (0.0, bound)))
-                if permit is None:
-                    raise self.refused(bound)
+                if permit is None or isinstance(permit, Quota):
+                    raise self.refused(bound, permit)
                 self.permit, self.unsent = permit, True
             if permit is not None and permit.wait > 0:
                 ended = yield from self._wait(permit.wait)
@@ -254,10 +255,11 @@ class Attempts:
         while True:
             wait, throttled = self._judge(outcome)
             limiter = self.limiter
+            signal = read(outcome, throttled)
             if limiter is not None and (
-                wait is not None or throttled or delivered(limiter, outcome)
+                wait is not None or signal != OK or delivered(limiter, outcome)
             ):  # only then has the limiter anything to say: the happy path skips it
-                wait = yield from self._paced(limiter, outcome, wait, throttled)
+                wait = yield from self._paced(limiter, outcome, wait, signal)
             elif wait is not None:
                 wait = self._scheduled(outcome, wait)
             if wait is None:
@@ -277,12 +279,12 @@ class Attempts:
         """The happy path sends the first attempt itself, under the permit held."""
         self.sent, self.unsent = 1, False
 
-    def refused(self, bound: float | None) -> RateLimitedError:
+    def refused(self, bound: float | None, quota: Quota | None = None) -> RateLimitedError:
         """The error of a call whose first permit the limiter refused (no wait within
-        ``bound``), marked with these attempts (none sent)."""
+        ``bound``, or a quota exhausted), marked with these attempts (none sent)."""
         self.number = 0
         self.cut_by = "limiter"
-        error = RateLimitedError(bound)
+        error = RateLimitedError(bound) if quota is None else QuotaExceededError(*quota)
         self._mark(error)
         return error
 
@@ -319,17 +321,17 @@ class Attempts:
             yield Ask(("release", (self.permit,)))
 
     def _paced(
-        self, limiter: Bucket, outcome: object, wait: float | None, throttled: bool
+        self, limiter: Bucket, outcome: object, wait: float | None, signal: Signal
     ) -> Generator[Step, Any, float | None]:
         """Tell ``limiter`` of ``outcome``, and pace the retry ``wait`` says (None: final):
         seconds to wait before the next attempt, or None."""
         permit = self.permit
-        if permit is not None and (throttled or delivered(limiter, outcome)):
-            yield Ask(("feedback", (permit, throttled)))
+        if permit is not None and (signal != OK or delivered(limiter, outcome)):
+            yield Ask(("feedback", (permit, signal)))
         if wait is None:
             return None
         permit = yield Ask(("acquire", (wait, self._bound(wait))))
-        if permit is None:
+        if permit is None or isinstance(permit, Quota):
             self.cut_by = "limiter"
             return None
         self.permit, self.unsent = permit, True

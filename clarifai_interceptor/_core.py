@@ -13,7 +13,7 @@ from ._budget import TokenBucket
 from ._closing import Closing
 from ._context import CREDENTIALS, RETRY, CredentialsSource, check_source
 from ._credentials import CREDENTIAL_KEYS, Credentials
-from ._limiter import bucket_for
+from ._limiter import bucket_for, identity
 from ._metadata import Pairs, merge
 from ._methods import Policies, default_rules
 from ._methods import check as check_policies
@@ -149,7 +149,7 @@ class Core:
             return None
         last, bucket = self._limited
         if last is not credentials or bucket is None:
-            bucket = bucket_for(limit, credentials.secret.reveal(), self.target)
+            bucket = bucket_for(limit, identity(credentials.secret.reveal(), self.target, limit))
             self._limited = (credentials, bucket)
         return bucket
 
@@ -158,10 +158,10 @@ class Core:
         limit = self.rate_limit
         if limit is None:
             return None
-        for key, value in pairs:
-            if key in CREDENTIAL_KEYS:
-                secret = value.removeprefix("Key ") if isinstance(value, str) else repr(value)
-                return bucket_for(limit, secret, self.target)
+        for name, value in pairs:
+            if name in CREDENTIAL_KEYS:
+                key = identity(_secret_of(value), self.target, limit)
+                return bucket_for(limit, key)  # no secret in this frame: a Store may raise
         return None  # the call's own call credentials authenticate it: their secret is unseen
 
     def credentials_now(self) -> Credentials:
@@ -210,3 +210,8 @@ def _provide(source: CredentialsSource) -> Credentials:
             f"the credentials provider returned {type(credentials).__name__}, not Credentials"
         )
     return credentials
+
+
+def _secret_of(value: object) -> str:
+    """The secret of a caller's own credential header's value."""
+    return value.removeprefix("Key ") if isinstance(value, str) else repr(value)

@@ -20,6 +20,8 @@ from ._attempts import Attempts, delivered, permit_bound
 from ._budget import TokenBucket
 from ._closing import CancelledCall
 from ._policy import RetryPolicy
+from ._ratelimit import OK, Quota
+from ._signals import QUOTA_STATUSES
 from ._steps import NOTHING, Ask, Flow, Send
 
 __all__ = ["Done", "advance", "advance_async", "drive", "go_now", "go_now_async", "told_async"]
@@ -86,6 +88,8 @@ def final_at_once(policy: RetryPolicy, bucket: TokenBucket | None, outcome: obje
     needs no flow (the same verdict the flow would give, at less cost)."""
     if policy.transient(outcome):  # a throttle teaches the rate limiter even when not retried
         return policy.max_attempts == 1 and not policy.throttle(outcome)
+    if getattr(getattr(outcome, "status", None), "code", None) in QUOTA_STATUSES:
+        return False  # a quota status: the limiter must hear of it
     return (
         policy.max_attempts == 1
         or bucket is None
@@ -107,8 +111,8 @@ def go_now(attempts: Attempts) -> bool:
         return True
     bound = permit_bound(attempts.deadline, attempts.limit_wait)
     permit = limiter.acquire(0.0, bound)
-    if permit is None:
-        raise attempts.refused(bound)
+    if permit is None or isinstance(permit, Quota):
+        raise attempts.refused(bound, permit)
     attempts.hold(permit)
     return not permit.wait
 
@@ -120,8 +124,8 @@ async def go_now_async(attempts: Attempts) -> bool:
         return True
     bound = permit_bound(attempts.deadline, attempts.limit_wait)
     permit = await limiter.acquire_async(0.0, bound)
-    if permit is None:
-        raise attempts.refused(bound)
+    if permit is None or isinstance(permit, Quota):
+        raise attempts.refused(bound, permit)
     attempts.hold(permit)
     return not permit.wait
 
@@ -133,7 +137,7 @@ async def told_async(attempts: Attempts, outcome: object) -> bool:
         return False
     limiter, permit = attempts.limiter, attempts.permit
     if limiter is not None and permit is not None and delivered(limiter, outcome):
-        await limiter.feedback_async(permit, False)  # a success under an active limiter
+        await limiter.feedback_async(permit, OK)  # a success under an active limiter
     return True
 
 
@@ -162,7 +166,7 @@ def drive(
     if final_at_once(attempts.policy, attempts.bucket, judged):
         limiter, permit = attempts.limiter, attempts.permit
         if limiter is not None and permit is not None and delivered(limiter, judged):
-            limiter.feedback(permit, False)  # a success under an active limiter: delivered
+            limiter.feedback(permit, OK)  # a success under an active limiter: delivered
         return last
     return _drive(attempts, attempts.flow(judged), send, view, last, judged)
 

@@ -1,424 +1,318 @@
 """Client-side rate limiting: pace attempts to the rate the server accepts, before sending.
 
-A `RateLimit` (``_ratelimit``) says how; a `Bucket` holds the state, one per identity and target,
+A `RateLimit` (``_ratelimit``) says how; a bucket holds the state, one per identity and target,
 shared by every channel of the process (or, through a `Store` such as
 ``clarifai_interceptor.redis.RedisStore``, by a fleet). Every attempt, first or retry, asks its
 bucket for a `Permit` first: how long to wait before sending. A bucket that cannot give one
 within the wait allowed refuses, and the call fails at once with `RateLimitedError`.
 
-Adaptive mode (the default) is dormant, and costs one method call, until the first throttle;
-then it paces to the rate the server delivers (as BBR does), measured from every success it
-is told of while active (of permits given while it was dormant too): a throttle says the
-server's bucket is empty, so the successes between two throttles are all it delivered. A
-throttle (at most one a round of attempts in flight, and a round lasts `_ROUND` at least) cuts
-the rate to that delivered rate, never below half the rate then; a window with no throttle but
-the one ending it was the client's own pace, and keeps the plateau. The rate dips `DIP` below
-it and is back in `_K` (1.4) s, then probes above it slowly (cubic, `GROWTH`), never above
-twice the measured send rate. The first throttle starts from the rate this process was
-sending at, doubling every second until a throttle measures the server: straight to it if the
-start was above it (that window offered more all along), else by ``1 - BETA`` at most.
+The schedule is a GCRA (`take`): one number, the end of the schedule (``tat``), and a rate. What
+the rate is comes from `Rules`, pure functions of what the server said, in Python only (a
+shared store holds the state and runs the schedule atomically, nothing else):
 
-A cut leaves nothing reserved at the old rate: each permit given before it is rechecked at the
-end of its wait (`LocalBucket.recheck`, by every front end) and gets the next slot at the new
-rate, in the order the old slots come due, and a permit given after the cut queues behind as
-many slots as were reserved: a queue reserved at the old rate never goes at it, and first
-come is still first served. A retry whose
-backoff ends past the queue books its own slot then instead of pushing the queue back, and a
-rising rate re-bases the slots reserved at the lower one. A permit that is never used (its
-call ended while it waited: cancelled, closed, past its deadline) gives its slot back
-(`LocalBucket.release`), so that no caller waits behind the slots of callers gone. The maths
-are here, pure functions of time and state, mirrored line by line in ``_redis_limiter.lua``.
+* Fixed (``per_second``): that rate from the first call, whatever the server says.
+* Stated: Clarifai's throttle says its limit ("exceeded limit of 15 requests per second"):
+  pace at it from then on. If throttles go on at it (another consumer shares the quota, or a
+  fleet shares it without a shared store), cut below it to the rate this bucket was delivered
+  (never below half at once), then rise again by ``RISE`` a step, never above the limit.
+* Learnt: a server that states nothing starts the rate at ``initial_rate``, doubling every
+  ``STEP`` seconds until a throttle, then cuts and rises as above with no ceiling.
+
+Adaptive buckets are dormant (one method call, no lock) until the first throttle. A rate
+change is a new round: throttles of attempts sent in an older round are answered already, and
+a permit of an older round whose rate fell is given a new slot at the end of its wait
+(`recheck`). A permit never used goes back if nothing was booked after it (`release`).
+
+After a quota status (`QUOTA_STATUSES`), the bucket refuses every permit with a `Quota` and lets
+one probe through every ``quota_probe`` seconds, until an attempt succeeds.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
-import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-from ._ratelimit import DEFAULT_RATE_LIMIT, GO, Bucket, Permit, RateLimit, Store
+from ._ratelimit import DEFAULT_RATE_LIMIT, GO, OK, Bucket, Permit, Quota, RateLimit, Signal, Store
 from .exceptions import EndedCall, RateLimitedError
 
 __all__ = [
-    "BETA",
     "DEFAULT_RATE_LIMIT",
-    "DIP",
     "GO",
-    "GROWTH",
-    "HALF",
+    "HORIZON",
+    "OK",
     "Bucket",
     "EndedCall",
     "LocalBucket",
     "Permit",
+    "Quota",
     "RateLimit",
     "RateLimitedError",
+    "Rules",
+    "Signal",
+    "State",
     "Store",
     "bucket_for",
-    "cubic_rate",
     "identity",
-    "start_rate",
+    "take",
 ]
 
-#: How far below the delivered rate a cut starts: the client's slack, so that the server's
-#: bucket refills a little before the rate probes above again.
+#: Seconds a new round's throttles are not counted: attempts sent before it still land.
+STEP = 1.0
+#: How far below what it was delivered a cut goes (room for the server's bucket to refill).
 DIP = 0.05
-#: CUBIC's growth constant, relative to the delivered rate before the cut: back at that rate
-#: K = cbrt(DIP / GROWTH) seconds after the cut, then probing above it, slowly at first.
-GROWTH = 0.02
-_K: float = (DIP / GROWTH) ** (1 / 3)
-#: The first cut after the slow start takes the rate to at least this fraction of the rate
-#: then: the start's window may have begun below the server's rate, and undercount.
-BETA = 0.7
-#: Any other cut takes the rate to at least this fraction of the rate then.
+#: The most a cut takes at once: a round's count of successes can be short.
 HALF = 0.5
-#: Before the first measured cut the rate doubles every `_DOUBLING` seconds (a slow start).
-_DOUBLING = 1.0
-_LATER = 256  # slots booked past the queue kept at most (then they join the queue)
-_FREE = 256  # slots given back inside the queue kept at most (then a release gives none back)
-_SAME = 1e-3  # slots closer than this fraction of an interval are one slot (float rounding)
-_FIRST = 0.25  # the shortest window the first estimate of the send rate divides by
-_ROUND = 0.25  # the shortest round between cuts, and window of the delivered rate
-_SPAN = 2.0  # the longest window of the delivered rate: growth from below would undercount
-_SUCCESSES = 16  # the fewest successes a window of the delivered rate counts
-_WINDOW = 0.5  # seconds per bucket of the send-rate estimate
-_SMOOTH = 0.8  # weight of the old estimate (botocore's)
-_STALL = 0.25  # seconds without a send that count as a stall, not as a slow rate
+#: A cut with nothing measured (a shared store: this process sees its share only).
+BETA = 0.8
+#: How much a rate that is paced (some permit waited) and not throttled rises each ``RISE_EVERY``.
+RISE = 0.05
+RISE_EVERY = 2.0
+_GONE = 256  # permits given back inside the schedule kept at most
+_FEW = 4  # successes a measure of what was delivered needs at least
+#: A schedule further ahead than this (seconds) is corrupt, or from a clock stepped back: healed.
+HORIZON = 3600.0
 
 
-def cubic_rate(w_max: float, since_cut: float) -> float:
-    """The adaptive rate ``since_cut`` seconds after a cut to the delivered rate ``w_max``:
-    ``(1 - DIP) * w_max`` at the cut, ``w_max`` after ``K`` seconds, then growing cubically."""
-    lag = since_cut - _K
-    return w_max * (1.0 + GROWTH * lag * lag * lag)
+class State(NamedTuple):
+    """A bucket's shared state: what a store keeps (one Redis hash), all numbers.
+
+    ``rate``: 0 while dormant; ``stated``: the limit the server stated (0: none); ``rising``:
+    1 while a learnt rate doubles (no cut yet); ``changed``: when the round began;
+    ``quota``/``probe_at``: an exhausted quota's status and when its next probe may go."""
+
+    rate: float = 0.0
+    round: int = 0
+    stated: float = 0.0
+    rising: int = 0
+    changed: float = 0.0
+    quota: int = 0
+    probe_at: float = 0.0
 
 
-def start_rate(first: float, since: float) -> float:
-    """The rate ``since`` seconds after the first throttle, from ``first``: doubling every
-    `_DOUBLING` seconds until a throttle measures what the server delivers."""
-    return first * math.pow(2.0, min(since / _DOUBLING, 64.0))  # capped: no overflow
+def take(
+    tat: float, now: float, rate: float, burst: float, not_before: float, max_wait: float | None
+) -> tuple[float, float] | None:
+    """GCRA: the slot of the next permit (``at``) and the schedule's new end, or None if the
+    slot is further than ``max_wait``. ``tat`` beyond `HORIZON` counts as now."""
+    interval = 1.0 / rate
+    if not tat <= now + HORIZON:  # corrupt (NaN too), or a clock stepped back
+        tat = now
+    at = max(now + not_before, tat - (burst - 1.0) * interval)
+    if max_wait is not None and at - now > max_wait:
+        return None
+    return at, max(tat, at) + interval
 
 
-def first_free(booked: list[float], earliest: float, interval: float) -> float:
-    """The first time from ``earliest`` at least ``interval`` away from every time in the
-    sorted list ``booked``."""
-    at = earliest
-    for slot in booked:
-        if slot >= at + interval:
-            break
-        if slot > at - interval:
-            at = slot + interval
-    return at
+class Rules:
+    """The rate's rules (see the module's docstring): pure functions of a `State`."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+
+    def rate(self, state: State, now: float) -> float:
+        """The rate to pace at now; 0 while dormant."""
+        fixed = self.limit.per_second
+        if fixed is not None:
+            return fixed
+        if state.rising and state.rate:
+            steps = min(max(0.0, now - state.changed) / STEP, 10.0)
+            return float(state.rate * 2.0**steps)
+        return state.rate
+
+    def throttled(
+        self, state: State, now: float, stated: float | None, delivered: float | None
+    ) -> State | None:
+        """The state after a throttle of an attempt of the current round; None: no change."""
+        if not self.limit.adaptive:
+            return None
+        changed = state._replace(round=state.round + 1, changed=now, rising=0)
+        if stated is not None and (state.rate == 0 or stated != state.stated):
+            return changed._replace(rate=stated, stated=stated)  # the server said: its limit
+        if state.rate == 0:  # no limit stated: learn it, from the initial rate up
+            return changed._replace(rate=self.limit.initial_rate, rising=1)
+        if now - state.changed < STEP:
+            return None  # attempts sent before this round still land: it answered them
+        rate = self.rate(state, now)
+        if delivered is None:
+            cut = rate * BETA
+        elif state.rising:  # it offered more than the server gave all along: a whole measure
+            cut = delivered * (1.0 - DIP)
+        else:
+            cut = max(rate * HALF, min(rate, delivered) * (1.0 - DIP))
+        return changed._replace(rate=max(self.limit.min_rate, cut))
+
+    def rises(self, state: State, now: float) -> State | None:
+        """The state after ``RISE_EVERY`` seconds of paced sends and no throttle; None if the
+        rate stays (fixed, dormant, rising already, or at the stated limit)."""
+        if not self.limit.adaptive or state.rate == 0 or state.rising:
+            return None
+        if now - state.changed < RISE_EVERY or (state.stated and state.rate >= state.stated):
+            return None
+        rate = state.rate * (1.0 + RISE)
+        if state.stated:
+            rate = min(rate, state.stated)
+        return state._replace(rate=rate, round=state.round + 1, changed=now)
+
+    def quota(self, state: State, now: float, status: int) -> State | None:
+        """The state after a quota status (None: the breaker is off)."""
+        if self.limit.quota_probe is None:
+            return None
+        return state._replace(quota=status, probe_at=now + self.limit.quota_probe)
+
+    def probe(self, state: State, now: float) -> Quota | State:
+        """While a quota is exhausted: a `Quota` refusal, or (a probe's turn) the new state."""
+        if now < state.probe_at:
+            return Quota(state.quota, state.probe_at - now)
+        return state._replace(probe_at=now + (self.limit.quota_probe or 0.0))
 
 
 class LocalBucket:
-    """A `Bucket` in this process: GCRA reservations at the current rate, which follows the
-    rate the server delivers (see the module's docstring)."""
+    """A bucket in this process: a `State`, a schedule end and a lock."""
 
     __slots__ = (
-        "_count",
-        "_cut_at",
-        "_delivered",
-        "_free",
-        "_last",
-        "_later",
+        "_gone",
         "_lock",
-        "_measured",
         "_now",
         "_ok",
         "_ok_since",
-        "_ok_throttles",
         "_paced",
-        "_rate",
-        "_redo",
-        "_round",
-        "_since",
-        "_start",
-        "_tat",
-        "_w_max",
-        "active",
+        "_throttled",
         "learning",
         "limit",
+        "rules",
+        "state",
+        "tat",
     )
 
     def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
+        self.rules = Rules(limit)
         self._now = clock
         self._lock = threading.Lock()
-        self.active = not limit.adaptive
-        self.learning = False  # active and adaptive
-        self._rate = limit.per_second or 0.0
-        self._w_max = self._rate  # the rate delivered before the last cut (the plateau)
-        self._cut_at = 0.0
-        self._round = 0
-        self._start = False  # between the first throttle and the first measured cut
-        self._ok = 0.0  # successes since `_ok_since`
-        self._ok_since = 0.0  # a throttle: the server's bucket was empty then
-        self._ok_throttles = 0  # throttles since `_ok_since`: one only, the client's own pace
-        self._delivered = -1.0  # successes per second between the last two such throttles
-        self._tat = clock()  # GCRA's theoretical arrival time of the next permit
-        self._later: list[float] = []  # slots booked past `_tat` by retries, in order
-        self._free: list[float] = []  # slots given back inside the queue (`release`), in order
-        self._redo = 0.0  # after a cut: the next slot for a permit given before it
-        self._paced = self._rate  # the rate `_tat` was laid out at
-        self._since = self._last = self._tat  # start of the send-rate window, last send
-        self._count = 0  # sends counted in the window
-        self._measured = 0.0  # smoothed send rate; 0 until first measured
+        self.state = State(rate=limit.per_second or 0.0)
+        self.tat = 0.0  # the schedule's end: the next permit's slot, less the burst
+        self.learning = False  # a success teaches it: an adaptive rate, or a quota to clear
+        self._ok = 0.0  # successes since `_ok_since` (the last 1 to 2 steps: what it was delivered)
+        self._ok_since = clock()
+        self._paced = False  # a permit of the current round waited: the rate holds callers back
+        self._throttled = False  # a throttle of the current round came
+        self._gone: dict[
+            float, float
+        ] = {}  # permits given back inside the schedule: after -> before
 
     def rate(self) -> float | None:
-        if not self.active:
-            return None
         with self._lock:
-            return self._current(self._now())
+            rate = self.rules.rate(self.state, self._now())
+        return rate or None
 
-    def _current(self, now: float) -> float:
-        """The rate to pace at now (lock held)."""
-        if not self.limit.adaptive:
-            return self._rate
-        if self._start:
-            rate = start_rate(self._w_max, now - self._cut_at)
-        else:
-            rate = cubic_rate(self._w_max, now - self._cut_at)
-        if self._measured > 0:
-            rate = min(rate, 2.0 * self._measured)
-        return max(self.limit.min_rate, rate)
-
-    def _count_send(self, now: float) -> None:
-        """Count one send in the send-rate estimate (lock held).
-
-        A gap longer than `_STALL` (a client stall: a GC pause, a slow request) closes the
-        window at the send before it: the stall itself says nothing about the rate.
-        """
-        if now - self._last > _STALL:
-            self._sample(self._count, self._last - self._since)
-            self._since, self._count = now, 0
-        self._last = now
-        self._count += 1
-        elapsed = now - self._since
-        if elapsed >= _WINDOW:
-            self._sample(self._count, elapsed)
-            self._since, self._count = now, 0
-
-    def _sample(self, count: int, elapsed: float) -> None:
-        if count and elapsed >= _WINDOW / 5:
-            sample, old = count / elapsed, self._measured
-            self._measured = sample if old == 0 else _SMOOTH * old + (1 - _SMOOTH) * sample
-
-    def _measure(self, now: float) -> None:
-        """A throttle says the server's bucket is empty now (lock held): if the last such
-        moment is at least `_ROUND` ago, the successes since are what the server delivered,
-        all of it (both ends empty), less only what overflowed its bucket in between (a
-        window is at most `_SPAN` long, so that a climb from below undercounts little; one
-        that did not start at a throttle overcounts by at most the server's burst). A window
-        with no throttle but the one that ends it was paced by the client, not the server:
-        the server gives that much at least, and the plateau stands if it is higher."""
-        elapsed = now - self._ok_since
-        if elapsed >= _ROUND and self._ok >= _SUCCESSES:
-            rate = self._ok / elapsed
-            if self._ok_throttles <= 1 and not self._start:
-                rate = max(rate, self._w_max)
-            self._delivered = rate
-            self._ok_since, self._ok, self._ok_throttles = now, 0.0, 0
-
-    def acquire(self, not_before: float, max_wait: float | None) -> Permit | None:
-        if not self.active:
-            self._count += 1  # racy by design: an estimate, and the happy path stays lock-free
-            return GO
+    def acquire(self, not_before: float, max_wait: float | None) -> Permit | Quota | None:
+        state = self.state
+        if not state.rate and not state.quota:
+            return GO  # dormant: no lock (the state is replaced whole, never changed in place)
         with self._lock:
-            return self._acquire(self._now(), not_before, max_wait)
-
-    def _acquire(self, now: float, not_before: float, max_wait: float | None) -> Permit | None:
-        """`acquire`, active, at ``now`` (lock held)."""
-        rate = self._current(now)
-        tat = self._tat
-        if tat > now and rate > self._paced:  # re-base what is reserved on the new rate
-            tat = now + (tat - now) * self._paced / rate
-        interval = 1.0 / rate
-        earliest = now + not_before
-        later = self._later
-        if earliest > max(tat, now) + interval and len(later) < _LATER:
-            # A retry's backoff ends past the queue: book its own slot then, and leave
-            # the slots before it to others (the queue skips it when it gets there).
-            at = first_free(later, earliest, interval)
-            if max_wait is not None and at - now > max_wait:
+            now = self._now()
+            state = self.state
+            if state.quota:
+                probe = self.rules.probe(state, now)
+                if isinstance(probe, Quota):
+                    return probe
+                self.state = state = probe
+            rate = self.rules.rate(state, now)
+            if not rate:
+                return GO
+            slot = take(self.tat, now, rate, self.limit.burst, not_before, max_wait)
+            if slot is None:
                 return None
-            bisect.insort(later, at)
-            self._tat = tat
-        else:
-            at = max(earliest, tat - (self.limit.burst - 1.0) * interval)
-            passed = 0  # the booked slots this permit's slot moves past
-            while passed < len(later) and later[passed] < at + interval:
-                at = max(at, later[passed] + interval)
-                passed += 1
-            if max_wait is not None and at - now > max_wait:
-                return None
-            del later[:passed]
-            self._tat = max(tat, at) + interval
-        self._paced = rate
-        self._count_send(now)
-        return Permit(at - now, self._round, at)
+            at, before, self.tat = slot[0], self.tat, slot[1]
+            self._paced = self._paced or at > now
+            return Permit(at - now, state.round, at, before, self.tat, rate)
 
-    def feedback(self, permit: Permit, throttled: bool) -> None:
-        if not throttled and not self.learning:
-            return  # dormant (or fixed): successes teach nothing, and take no lock
-        if not self.limit.adaptive:
+    def feedback(self, permit: Permit, signal: Signal) -> None:
+        if not signal.throttled and not signal.quota and not self.learning:
             return
         with self._lock:
-            if not throttled:
-                self._ok += 1  # a success of any round: the rate delivered since a throttle
-                now = self._now()
+            now, state = self._now(), self.state
+            if signal.quota:
+                self._set(self.rules.quota(state, now, signal.quota), now)
+            elif signal.throttled:
+                if permit.round != state.round:
+                    return  # sent before the last change: that change answered it
+                self._throttled = True
                 elapsed = now - self._ok_since
-                if elapsed > _SPAN:  # no throttle for long: keep the recent half, pro rata
-                    self._ok *= _SPAN / 2 / elapsed
-                    self._ok_since, self._ok_throttles = now - _SPAN / 2, 0
-                return
-            now = self._now()
-            if self.active:
-                self._ok_throttles += 1
-                self._measure(now)
-            if permit.round != self._round or (self.active and now - self._cut_at < _ROUND):
-                return  # sent before the last cut, or just after: that cut answers it
-            if not self.active:  # the first throttle: start from the rate we were sending at
-                elapsed = max(now - self._since, _FIRST)
-                rate = max(self.limit.initial_rate, self._count / elapsed)
-                self._measured = rate
-                self._since, self._count, self._last = now, 0, now
-                self._tat = now
-                self._paced = rate
-                self._ok_since, self._ok, self._delivered = now, 0.0, -1.0
-                self._ok_throttles = 0
-                self.active = self._start = self.learning = True
+                delivered = self._ok / elapsed if self._ok >= _FEW and elapsed > 0 else None
+                self._set(self.rules.throttled(state, now, signal.stated, delivered), now)
             else:
-                # Cut to what was delivered; with nothing measured (no successes at all),
-                # back from a dip of DIP: only successes say how far to go.
-                current = self._current(now)
-                delivered = self._delivered
-                rate = current if delivered < 0 else min(current, delivered)
-                if not (self._start and 0 <= delivered <= self._w_max):
-                    # At most halved at once (a window can undercount: its successes
-                    # reported late), and after the slow start by BETA at most (its window
-                    # began below the server's rate). A slow start that began at or above
-                    # the delivered rate offered more than it all along: that measure is
-                    # whole, and the rate goes straight to it.
-                    rate = max(rate, (BETA if self._start else HALF) * current)
-                self._start = False
-            self._w_max = max(self.limit.min_rate, rate)
-            self._cut_at = now
-            self._round += 1
-            self._respace(now)
+                if state.quota:
+                    self._set(state._replace(quota=0, probe_at=0.0), now)
+                self._ok += 1
+                elapsed = now - self._ok_since
+                if elapsed > 2 * STEP:  # keep the last step's worth, pro rata
+                    self._ok *= STEP / elapsed
+                    self._ok_since = now - STEP
+                if self._paced and not self._throttled:
+                    self._set(self.rules.rises(self.state, now), now)
 
-    def _respace(self, now: float) -> None:
-        """After a cut (lock held): nothing stays reserved at the old rate. Every permit given
-        before it asks again at the end of its wait (`recheck`) and gets the next slot at the
-        new rate from now (`_redo`), in the order the old slots come due; a permit given
-        after it queues behind as many slots as were reserved (first come, first served), less
-        the slots given back (`release`): nobody will come for them."""
-        ahead = max(0.0, self._tat - now) * self._paced + sum(s > now for s in self._later)
-        ahead = max(0.0, ahead - sum(s > now for s in self._free))
-        rate = self._current(now)
-        self._redo = now
-        self._tat = now + ahead / rate
-        self._paced = rate
-        self._later.clear()
-        self._free.clear()
+    def _set(self, state: State | None, now: float) -> None:
+        """Take ``state`` (lock held); a new round starts its counts afresh."""
+        if state is None:
+            return
+        if state.round != self.state.round:
+            self._paced, self._throttled = False, False
+            self._gone.clear()
+            if state.rate < self.rules.rate(self.state, now):
+                self.tat = min(self.tat, now)  # slowed down: the queue is laid out anew
+        self.state = state
+        self.learning = (bool(state.rate) and self.limit.adaptive) or bool(state.quota)
 
     def recheck(self, permit: Permit, max_wait: float | None) -> Permit:
-        if permit.round == self._round or permit.at <= self._cut_at:
-            return permit  # no cut since the permit was given (or it was due before): go
+        state = self.state
+        if permit.round == state.round or permit == GO:
+            return permit
         with self._lock:
             now = self._now()
-            interval = 1.0 / self._current(now)
-            at = max(now, self._redo)
-            if at + interval > self._tat:  # the old queue is laid out: join the new one
-                return self._acquire(now, 0.0, max_wait) or permit
-            if max_wait is not None and at - now > max_wait:
-                return permit
-            self._redo = at + interval
-            self._count_send(now)
-            return Permit(at - now, self._round, at)
+            rate = self.rules.rate(self.state, now)
+            if not rate or rate >= permit.rate:
+                return permit  # not slower since: the slot stands
+            slot = take(self.tat, now, rate, self.limit.burst, 0.0, max_wait)
+            if slot is None:
+                return permit  # none within the wait allowed: it goes at its old slot
+            at, before, self.tat = slot[0], self.tat, slot[1]
+            return Permit(at - now, self.state.round, at, before, self.tat, rate)
 
     def release(self, permit: Permit) -> None:
-        """Give back the slot of ``permit``, never used (nothing was sent under it).
-
-        * Dormant, or the `GO` permit: nothing was reserved; nothing to do (and no lock).
-        * Its slot is due (``permit.at`` is now or past): it was used, or is about to be.
-        * Given before the last cut (``permit.round`` is not the bucket's): the cut laid the
-          queue out anew, and which slot of it this permit would have had is not known (the
-          waiters take them in the order they come back): nothing changes. Its slot of the
-          new layout stays empty; the queue passes it in one interval.
-        * A retry's slot booked past the queue: unbooked.
-        * The last slot of the queue: the queue ends one interval sooner (at the paced rate,
-          never before now), and again for each slot given back just before it.
-        * A slot inside the queue: kept as free (at most `_FREE` of them), and given back when
-          the queue's end reaches it (every permit after it given back too), or at the next
-          cut (the waiters left are laid out without it).
-        * Any other slot (past the queue's last, as laid out before the rate rose; or given
-          back already): nothing.
-
-        When a slot is unbooked, given back or kept as free, the send counted for the permit
-        in the send-rate estimate is taken back too, if it was counted in the current window.
-
-        Why the limit still holds (at most ``rate * window + burst`` sends in any window):
-        the queue's last permit has the slot ``_tat - burst / rate`` (the next permit would
-        take the one after it). Giving that one back restores ``_tat`` to what it was before
-        the permit was given (or to a later time): the state as if it had never been asked
-        for, from which the permits that follow get the slots that permit and its followers
-        would have had. The sends are then some of those of a schedule the limiter could
-        have made without it. A slot inside the queue cannot be given back that way: the
-        permits after it keep their slots, one interval apart, and a new caller let in one
-        interval sooner would be one send too many in a window that starts after the free
-        slot (with ``burst=1``: two sends in one interval). So a free slot is given back only
-        once no permit after it is left, when it is the last one; and a retry's booked slot
-        stands apart from the queue: unbooking it leaves the state as if it had never been
-        booked. Slots are matched to a thousandth of an interval (`_SAME`); one not found
-        (beyond a float's precision, or laid out at another rate) gives nothing back: a
-        release may waste a slot, never grant one too many.
-        """
-        if not self.active or permit == GO:
-            return  # dormant: nothing was reserved (and this path takes no lock)
+        """Undo ``permit`` (not due yet, of the current round): if it is the schedule's last,
+        the schedule ends where it ended before it, and so on back through the permits given
+        back before it (each permit's ``before`` is the ``after`` of the one before): as if
+        none of them had been asked for. One inside the schedule is kept (at most `_GONE`)
+        until the permits after it are all given back; if they are not, its slot is wasted:
+        a release never grants a slot too many."""
+        if permit == GO:
+            return
         with self._lock:
-            self._release(self._now(), permit)
+            if permit.round != self.state.round or permit.at <= self._now():
+                return
+            gone = self._gone
+            if self.tat != permit.after:
+                if len(gone) < _GONE:
+                    gone[permit.after] = permit.before
+                return
+            tat = permit.before
+            while tat in gone:
+                tat = gone.pop(tat)
+            self.tat = tat
 
-    def _release(self, now: float, permit: Permit) -> None:
-        """`release`, active, at ``now`` (lock held)."""
-        at = permit.at
-        if at <= now or permit.round != self._round:
-            return  # used (or about to be); or a cut since laid the queue out anew
-        interval = 1.0 / self._paced
-        end = self._tat - self.limit.burst * interval  # the slot of the queue's last permit
-        near = interval * _SAME
-        later, free = self._later, self._free
-        if at in later:  # a retry's booked slot: unbooked
-            later.remove(at)
-        elif abs(at - end) <= near:  # the last slot: the queue ends one interval sooner...
-            tat = self._tat - interval
-            while free:  # ...and one more for each free slot it now ends on
-                found = bisect.bisect_left(free, tat - self.limit.burst * interval - near)
-                if found == len(free) or free[found] > tat - self.limit.burst * interval + near:
-                    break
-                del free[found]
-                tat -= interval
-            self._tat = max(now, tat)
-        elif at < end - near:  # inside the queue: free until the end reaches it
-            passed = bisect.bisect_right(free, now)  # no one can take those now
-            found = bisect.bisect_left(free, at)
-            if len(free) - passed >= _FREE or (found < len(free) and free[found] == at):
-                return  # full, or given back already
-            free.insert(found, at)
-            del free[:passed]
-        else:
-            return  # past the end of the queue (a layout before a rise): nothing to give
-        if self._count > 0 and at - permit.wait >= self._since:
-            self._count -= 1  # counted in this window (given at `at - wait`): never sent
-
-    async def acquire_async(self, not_before: float, max_wait: float | None) -> Permit | None:
+    async def acquire_async(
+        self, not_before: float, max_wait: float | None
+    ) -> Permit | Quota | None:
         return self.acquire(not_before, max_wait)
 
-    async def feedback_async(self, permit: Permit, throttled: bool) -> None:
-        self.feedback(permit, throttled)
+    async def feedback_async(self, permit: Permit, signal: Signal) -> None:
+        self.feedback(permit, signal)
 
     async def recheck_async(self, permit: Permit, max_wait: float | None) -> Permit:
         return self.recheck(permit, max_wait)
@@ -426,9 +320,16 @@ class LocalBucket:
     async def release_async(self, permit: Permit) -> None:
         self.release(permit)
 
+    def adopt(self, state: State) -> None:
+        """Take over ``state`` (a shared store's, as last seen) if this bucket knows less: a
+        store that fails hands its pace to the local bucket, not a dormant one."""
+        with self._lock:
+            if self.state.round < state.round:
+                self._set(state._replace(changed=self._now()), self._now())
+
     def __repr__(self) -> str:
-        state = "dormant" if not self.active else f"{self.rate():.3g}/s"
-        return f"<LocalBucket {state}>"
+        rate = self.rate()
+        return f"<LocalBucket {'dormant' if rate is None else f'{rate:.3g}/s'}>"
 
 
 def identity(secret: str, target: str, limit: RateLimit) -> str:
@@ -443,9 +344,9 @@ _BUCKETS: dict[tuple[str, RateLimit], Bucket] = {}
 _LOCK = threading.Lock()
 
 
-def bucket_for(limit: RateLimit, secret: str, target: str) -> Bucket:
-    """The process's bucket for this limit, secret (or key) and target, made at first use."""
-    key = identity(secret, target, limit)
+def bucket_for(limit: RateLimit, key: str) -> Bucket:
+    """The process's bucket for this limit and key (an `identity`), made at first use. Takes
+    the digest, not the secret: a `Store` that raises has no secret in its traceback."""
     found = _BUCKETS.get((key, limit))
     if found is None:
         with _LOCK:

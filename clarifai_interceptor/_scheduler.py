@@ -21,6 +21,10 @@ __all__ = ["Handle", "call_later"]
 log = logging.getLogger("clarifai_interceptor")
 
 
+#: The longest the thread sleeps at once (it wakes and looks again).
+_LONGEST = 3600.0
+
+
 class Handle:
     """A scheduled job; `cancel` makes it never run (if it has not run yet)."""
 
@@ -65,8 +69,8 @@ class _Scheduler:
                     self._cond.wait()
                 due, _, handle = self._heap[0]
                 delay = due - time.monotonic()
-                if delay > 0:
-                    self._cond.wait(delay)
+                if delay > 0:  # in steps: a far-off wait must not overflow the lock's timeout
+                    self._cond.wait(min(delay, _LONGEST))
                     continue
                 heapq.heappop(self._heap)
             if handle.cancelled:

@@ -9,7 +9,9 @@ Exception tree::
      +-- grpc.RpcError (and grpc.Call)
           +-- EndedCall                 (internal) an outcome of ours: no attempt in flight
                +-- RateLimitedError     the client-side rate limiter refused the call (code
-                                        RESOURCE_EXHAUSTED; nothing was sent)
+               |                        RESOURCE_EXHAUSTED; nothing was sent)
+               +-- QuotaExceededError   a Clarifai quota is exhausted: calls fail fast until a
+                                        probe call succeeds (RESOURCE_EXHAUSTED; nothing sent)
 
     UserWarning
      +-- NoUserIdWarning                a PAT without user_id: user_app_id is never filled
@@ -32,6 +34,7 @@ __all__ = [
     "CredentialsProviderError",
     "MissingCredentialsError",
     "NoUserIdWarning",
+    "QuotaExceededError",
     "RateLimitedError",
 ]
 
@@ -99,6 +102,39 @@ class RateLimitedError(EndedCall):
     def details(self) -> str:
         bound = "" if self._wait is None else f" within {self._wait:.3f} s"
         return f"the client-side rate limiter refused the call: no permit{bound} (nothing sent)"
+
+
+class QuotaExceededError(EndedCall):
+    """A Clarifai quota is exhausted (``CONN_EXCEED_HOURLY_LIMIT``, ``CONN_EXCEED_MONTHLY_LIMIT``
+    or ``CONN_EXCEEDS_LIMITS`` came back for this credential and target): the call failed fast,
+    nothing was sent. One probe call goes through every ``RateLimit.quota_probe`` seconds; the
+    first success lifts it.
+
+    A ``grpc.RpcError`` with code ``RESOURCE_EXHAUSTED``.
+
+    Attributes:
+        status: The Clarifai status code that reported the quota.
+        probe_in: Seconds until the next probe call may go.
+    """
+
+    def __init__(self, status: int, probe_in: float) -> None:
+        self.status = status
+        self.probe_in = probe_in
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def details(self) -> str:
+        from clarifai_grpc.grpc.api.status import status_code_pb2  # noqa: PLC0415 (kept light)
+
+        try:
+            name = status_code_pb2.StatusCode.Name(self.status)
+        except ValueError:
+            name = f"status {self.status}"
+        return (
+            f"Clarifai quota exhausted ({name}): failing fast, nothing sent; the next probe "
+            f"call goes in {self.probe_in:.0f} s"
+        )
 
 
 def debug_string(kind: str, code: grpc.StatusCode, details: str) -> str:

@@ -25,13 +25,11 @@ raises, never waits for a Redis that is down, and is not counted as a fallback.
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
 import logging
 import math
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 try:
@@ -45,8 +43,8 @@ except ImportError:  # pragma: no cover (CI installs the extra)
         "clarifai_interceptor.redis needs redis-py: pip install 'clarifai-interceptor[redis]'"
     ) from None
 
-from ._limiter import LocalBucket
-from ._ratelimit import GO, Bucket, Permit, RateLimit
+from ._ratelimit import RateLimit, Store
+from ._redis_bucket import RedisBucket
 
 __all__ = ["DEFAULT_PREFIX", "RedisBucket", "RedisStore"]
 
@@ -55,9 +53,7 @@ log = logging.getLogger("clarifai_interceptor")
 #: What every key starts with, before the credential identity's digest.
 DEFAULT_PREFIX = "clarifai_interceptor:limit:"
 
-_SCRIPT = importlib.resources.files(__package__).joinpath("_redis_limiter.lua").read_text("utf-8")
 _ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
-_GIVEN = 1024  # waiting permits of the local bucket remembered at most (for their release)
 
 
 def _number(name: str, value: object) -> float:
@@ -134,7 +130,7 @@ class RedisStore:
             except ValueError:
                 raise ValueError("url is not a valid Redis URL") from None
         self._client = client
-        self._script = None if client is None else client.register_script(_SCRIPT)
+        self._scripts: dict[str, Any] = {}  # the sync client's scripts, by text
         self._async_client = async_client
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
@@ -172,14 +168,15 @@ class RedisStore:
         with self._lock:
             found = self._async.pop(asyncio.get_running_loop(), None)
         if found is not None and self._async_client is None:
-            await found.registered_client.aclose()
+            await found[""].aclose()
 
-    def _async_script(self) -> Any:
-        """The script on this event loop's async client (made from ``url`` on first use)."""
+    def _async_script(self, text: str) -> Any:
+        """The script ``text`` on this event loop's async client (made from ``url`` on first
+        use)."""
         loop = asyncio.get_running_loop()
         with self._lock:  # loops in several threads may share the store
-            script = self._async.get(loop)
-            if script is None:
+            scripts = self._async.get(loop)
+            if scripts is None:
                 client = self._async_client
                 if client is None:
                     if self._url is None:
@@ -189,30 +186,40 @@ class RedisStore:
                     client = redis.asyncio.Redis.from_url(
                         self._url, **self._options(for_asyncio=True)
                     )
-                script = self._async[loop] = client.register_script(_SCRIPT)
+                scripts = self._async[loop] = {"": client}
+            script = scripts.get(text)
+            if script is None:
+                script = scripts[text] = scripts[""].register_script(text)
         return script
 
     @property
     def has_sync_client(self) -> bool:
         """Whether sync calls can reach Redis (``url`` or ``client`` given)."""
-        return self._script is not None
+        return self._client is not None
 
-    def decide(self, key: str, args: list[Any], *, count: bool = True, probe: bool = True) -> Any:
-        """Run the script on ``key`` with ``args`` (not part of the API: the buckets' call).
+    def run(
+        self, text: str, key: str, args: list[Any], *, count: bool = True, probe: bool = True
+    ) -> Any:
+        """Run the script ``text`` on ``key`` with ``args`` (not part of the API: the buckets'
+        call).
 
         Returns:
             The script's reply; None when Redis is down or fails (then it counts as down for
             ``retry_after`` seconds, and the call as a fallback if ``count``). Without
             ``probe``, None at once while Redis is down: this call never tries it again.
         """
-        if self._script is None:
+        client = self._client
+        if client is None:
             raise RuntimeError("this RedisStore has no sync client: pass url= or client=")
         if not self._usable(probe):
             self._fell_back(count)
             return None
+        script = self._scripts.get(text)
+        if script is None:
+            script = self._scripts[text] = client.register_script(text)
         started = time.monotonic()
         try:
-            reply = self._script(keys=[key], args=args)
+            reply = script(keys=[key], args=args)
         except _ERRORS as error:
             self._failed(error)
             self._fell_back(count)
@@ -223,16 +230,16 @@ class RedisStore:
         self._succeeded(started)
         return reply
 
-    async def decide_async(
-        self, key: str, args: list[Any], *, count: bool = True, probe: bool = True
+    async def run_async(
+        self, text: str, key: str, args: list[Any], *, count: bool = True, probe: bool = True
     ) -> Any:
-        """`decide` on the running event loop's async client (not part of the API)."""
+        """`run` on the running event loop's async client (not part of the API)."""
         if not self._usable(probe):
             self._fell_back(count)
             return None
         started = time.monotonic()
         try:
-            reply = await self._async_script()(keys=[key], args=args)
+            reply = await self._async_script(text)(keys=[key], args=args)
         except _ERRORS as error:
             self._failed(error)
             self._fell_back(count)
@@ -298,215 +305,5 @@ class RedisStore:
         return f"<RedisStore prefix={self.prefix!r} on_error={self.on_error!r} {state}>"
 
 
-class RedisBucket:
-    """A `Bucket` whose state is one Redis hash, shared by every process (not part of the API).
-
-    Falls back to a `LocalBucket` of its own (or refuses) while Redis fails.
-    """
-
-    __slots__ = (
-        "_args",
-        "_clock",
-        "_given",
-        "_given_lock",
-        "_round",
-        "key",
-        "limit",
-        "local",
-        "store",
-    )
-
-    def __init__(self, store: RedisStore, key: str, limit: RateLimit) -> None:
-        self.store = store
-        self.limit = limit
-        self.key = store.prefix + key
-        self.local = LocalBucket(limit)
-        self._round = 0  # the latest round a reply named: a permit of it needs no recheck
-        #: The waiting permits ``local`` gave while Redis failed: their release goes to it.
-        self._given: dict[Permit, None] = {}
-        self._given_lock = threading.Lock()
-        #: Tests only: a clock for the script instead of Redis's TIME.
-        self._clock: Callable[[], float] | None = None
-        ttl_ms = max(1, round(store.ttl * 1000))
-        per_second = limit.per_second or 0
-        self._args = (ttl_ms, per_second, limit.burst, limit.min_rate, limit.initial_rate)
-
-    def _argv(self, op: str, *more: object) -> list[Any]:
-        now = "" if self._clock is None else repr(self._clock())
-        return [op, self._args[0], now, *self._args[1:], *more]
-
-    def acquire(self, not_before: float, max_wait: float | None) -> Permit | None:
-        args = self._argv("acquire", not_before, "" if max_wait is None else max_wait)
-        reply = self.store.decide(self.key, args)
-        return (
-            self._fallback_acquire(not_before, max_wait) if reply is None else self._permit(reply)
-        )
-
-    async def acquire_async(self, not_before: float, max_wait: float | None) -> Permit | None:
-        args = self._argv("acquire", not_before, "" if max_wait is None else max_wait)
-        reply = await self.store.decide_async(self.key, args)
-        return (
-            self._fallback_acquire(not_before, max_wait) if reply is None else self._permit(reply)
-        )
-
-    def _permit(self, reply: Sequence[Any]) -> Permit | None:
-        """The acquire script's answer: ``{granted, wait, round, rate, at}``."""
-        self._round = round_ = int(reply[2])
-        return Permit(float(reply[1]), round_, float(reply[4])) if int(reply[0]) else None
-
-    def _recheck_args(self, permit: Permit, max_wait: float | None) -> list[Any] | None:
-        """The script's arguments for a recheck; None if no reply named a later round (a cut
-        anywhere in the fleet shows in this process's next reply: no round trip till then)."""
-        if permit.round == self._round:
-            return None
-        wait = "" if max_wait is None else max_wait
-        return self._argv("recheck", 0, wait, permit.round, repr(permit.at))
-
-    def _rechecked(
-        self, permit: Permit, reply: Sequence[Any] | None, max_wait: float | None
-    ) -> Permit:
-        if reply is None:  # Redis failed: the local bucket's answer (or the permit, as it was)
-            if self.store.on_error != "local":
-                return permit
-            again = self.local.recheck(permit, max_wait)
-            if again is not permit:
-                self._forget(permit)
-                self._remember(again)
-            return again
-        if int(reply[0]) == 2:
-            return permit
-        again = self._permit(reply) or permit
-        if again is not permit:
-            self._forget(permit)
-        return again
-
-    def recheck(self, permit: Permit, max_wait: float | None) -> Permit:
-        args = self._recheck_args(permit, max_wait)
-        if args is None:
-            return permit
-        return self._rechecked(permit, self.store.decide(self.key, args), max_wait)
-
-    async def recheck_async(self, permit: Permit, max_wait: float | None) -> Permit:
-        args = self._recheck_args(permit, max_wait)
-        if args is None:
-            return permit
-        return self._rechecked(permit, await self.store.decide_async(self.key, args), max_wait)
-
-    def _fallback_acquire(self, not_before: float, max_wait: float | None) -> Permit | None:
-        if self.store.on_error == "fail":
-            return None
-        permit = self.local.acquire(not_before, max_wait)
-        if permit is not None:
-            self._remember(permit)
-        return permit
-
-    def _remember(self, permit: Permit) -> None:
-        """Note that ``local`` gave ``permit`` (if it waits: only then can it be released)."""
-        if permit.wait > 0:
-            with self._given_lock:
-                if len(self._given) >= _GIVEN:  # the oldest: long due, most likely
-                    del self._given[next(iter(self._given))]
-                self._given[permit] = None
-
-    def _forget(self, permit: Permit) -> bool:
-        """Forget ``permit`` (used, released or replaced); whether ``local`` gave it."""
-        if not self._given:
-            return False  # the usual case: no lock
-        with self._given_lock:
-            return self._given.pop(permit, False) is None
-
-    def _release_args(self, permit: Permit) -> list[Any] | None:
-        """The script's arguments to release ``permit``; None if Redis has nothing to do (a
-        dormant permit; one of an earlier round; one the local bucket gave, given back to it
-        here)."""
-        if permit == GO:
-            return None  # dormant: nothing was reserved (and no round trip)
-        if self._forget(permit):
-            self.local.release(permit)
-            return None
-        if permit.round != self._round:
-            return None  # a cut since, as a reply said: the script would do nothing
-        return self._argv("release", permit.round, repr(permit.at), repr(permit.wait))
-
-    def _released(self, reply: Sequence[Any] | None) -> None:
-        if reply is not None:
-            self._round = int(reply[1])
-
-    def release(self, permit: Permit) -> None:
-        """Give back the slot of ``permit``, never used (`LocalBucket.release` says what that
-        does): in Redis (one round trip), or in the local bucket if it gave the permit while
-        Redis was down. Nothing while Redis is down (its state is out of reach: the slot
-        stays taken there); never raises (a failure is logged at debug level)."""
-        try:
-            args = self._release_args(permit)
-            if args is not None:
-                reply = self.store.decide(self.key, args, count=False, probe=False)
-                self._released(reply)
-        except Exception as error:  # noqa: BLE001 (a release must never fail the caller's call)
-            _unreleased(error)
-
-    async def release_async(self, permit: Permit) -> None:
-        """`release` for ``grpc.aio`` callers: never blocks the event loop."""
-        try:
-            args = self._release_args(permit)
-            if args is not None:
-                reply = await self.store.decide_async(self.key, args, count=False, probe=False)
-                self._released(reply)
-        except Exception as error:  # noqa: BLE001 (a release must never fail the caller's call)
-            _unreleased(error)
-
-    @property
-    def learning(self) -> bool:
-        """Adaptive, and active as the last reply said (round 0 is dormant: its successes
-        cost no round trip)."""
-        return self._round != 0 and self.limit.adaptive
-
-    def _teaches(self, throttled: bool) -> bool:
-        """Whether the outcome changes the shared state: a throttle, or a success under an
-        active adaptive limit."""
-        return self.limit.adaptive and (throttled or self._round != 0)
-
-    def feedback(self, permit: Permit, throttled: bool) -> None:
-        self._forget(permit)  # sent: it will not be released
-        if self._teaches(throttled):
-            args = self._argv("feedback", permit.round, int(throttled))
-            reply = self.store.decide(self.key, args)
-            if reply is None:
-                self._fallback_feedback(permit, throttled)
-            else:
-                self._round = int(reply[0])
-
-    async def feedback_async(self, permit: Permit, throttled: bool) -> None:
-        self._forget(permit)  # sent: it will not be released
-        if self._teaches(throttled):
-            args = self._argv("feedback", permit.round, int(throttled))
-            reply = await self.store.decide_async(self.key, args)
-            if reply is None:
-                self._fallback_feedback(permit, throttled)
-            else:
-                self._round = int(reply[0])
-
-    def _fallback_feedback(self, permit: Permit, throttled: bool) -> None:
-        if self.store.on_error == "local":
-            self.local.feedback(permit, throttled)
-
-    def rate(self) -> float | None:
-        """The shared rate now (one read of Redis); while Redis fails, the local one's (or
-        None with ``on_error="fail"``); None without a sync client."""
-        if not self.store.has_sync_client:
-            return None
-        reply = self.store.decide(self.key, self._argv("peek"), count=False)
-        if reply is None:
-            return self.local.rate() if self.store.on_error == "local" else None
-        return float(reply[1]) if int(reply[0]) else None
-
-    def __repr__(self) -> str:
-        return f"<RedisBucket {self.limit.per_second or 'adaptive'} {self.store!r}>"
-
-
-def _unreleased(error: Exception) -> None:
-    log.debug("the rate limiter could not give a permit's slot back (%s)", type(error).__name__)
-
-
-# A check at import that the classes meet the protocols they stand for.
-_: type[Bucket] = RedisBucket
+# A check at import that the store meets the protocol it stands for.
+_: type[Store] = RedisStore

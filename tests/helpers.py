@@ -278,3 +278,11 @@ def pushback_fail(milliseconds: str) -> Fail:
 
 
 DEFAULT = Credentials.from_api_key("fake-default-key-for-tests")
+
+
+def bucket_of(limit: Any, secret: str, target: str) -> Any:
+    """The process's rate-limit bucket for ``limit``, ``secret`` and ``target``, as a call
+    under them would find it."""
+    from clarifai_interceptor._limiter import bucket_for, identity  # noqa: PLC0415
+
+    return bucket_for(limit, identity(secret, target, limit))

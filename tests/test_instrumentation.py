@@ -34,6 +34,7 @@ from helpers import (
     THROTTLED,
     UNAVAILABLE,
     aio_generate,
+    bucket_of,
     generate,
     output,
     predict_request,
@@ -583,8 +584,8 @@ def live_buckets() -> Iterator[dict[str, Any]]:
         spent.record(True, None)
     full = TokenBucket(RetryBudget(max_tokens=10), TARGET)
     other = TokenBucket(RetryBudget(max_tokens=4), "other.example:443")
-    paced = _limiter.bucket_for(RateLimit(per_second=5.0), "fake-limiter-pat-one", TARGET)
-    dormant = _limiter.bucket_for(RateLimit(), "fake-limiter-pat-two", TARGET)
+    paced = bucket_of(RateLimit(per_second=5.0), "fake-limiter-pat-one", TARGET)
+    dormant = bucket_of(RateLimit(), "fake-limiter-pat-two", TARGET)
     yield {
         "budgets": (spent, full, other),
         "paced": _limiter.identity("fake-limiter-pat-one", TARGET, RateLimit(per_second=5.0)),
@@ -623,8 +624,8 @@ def test_one_key_under_two_limits_shows_the_slower_rate(live_buckets: dict[str, 
     fast = RateLimit(per_second=8.0, key="fake-shared-key")
     slow = RateLimit(per_second=2.0, key="fake-shared-key")
     for limit in (fast, slow, fast):  # the third is the first's bucket again
-        _limiter.bucket_for(limit, "fake-limiter-pat-one", TARGET)
-    _limiter.bucket_for(dataclasses.replace(slow, per_second=9.0), "fake-pat-four", TARGET)
+        bucket_of(limit, "fake-limiter-pat-one", TARGET)
+    bucket_of(dataclasses.replace(slow, per_second=9.0), "fake-pat-four", TARGET)
     key = _limiter.identity("ignored", TARGET, fast)
     assert key == _limiter.identity("ignored", TARGET, slow)  # keyed by the name, not the secret
     assert _figures.limiter_rates()[key] == 2.0

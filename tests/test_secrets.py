@@ -30,7 +30,7 @@ import pytest
 from clarifai_grpc.grpc.api import service_pb2, service_pb2_grpc
 from clarifai_grpc.grpc.api.status import status_code_pb2
 from conftest import T
-from helpers import ROOT
+from helpers import ROOT, bucket_of
 
 from clarifai_interceptor import (
     ClarifaiInterceptor,
@@ -451,11 +451,11 @@ def test_secret_holders_are_immutable_and_copied_as_themselves() -> None:
 
 def test_the_rate_limiter_keys_by_the_revealed_secret() -> None:
     from clarifai_interceptor._core import Core  # noqa: PLC0415
-    from clarifai_interceptor._limiter import DEFAULT_RATE_LIMIT, bucket_for  # noqa: PLC0415
+    from clarifai_interceptor._limiter import DEFAULT_RATE_LIMIT  # noqa: PLC0415
 
     core = Core(CREDS, None, DEFAULT_RATE_LIMIT, "fake-target:443")
     bucket = core.limiter(CREDS)
-    assert bucket is bucket_for(DEFAULT_RATE_LIMIT, PAT, "fake-target:443")
+    assert bucket is bucket_of(DEFAULT_RATE_LIMIT, PAT, "fake-target:443")
     assert core.limiter(OTHER_CREDS) is not bucket  # another secret, another bucket
     assert core.limiter(Credentials.from_pat(PAT, user_id="fake-user")) is bucket
 
