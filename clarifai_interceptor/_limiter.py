@@ -59,19 +59,21 @@ __all__ = [
     "take",
 ]
 
-#: Seconds a new round's throttles are not counted: attempts sent before it still land.
+#: A learnt rate doubles every STEP seconds until its first cut.
 STEP = 1.0
-#: How far below what it was delivered a cut goes (room for the server's bucket to refill).
+#: Attempts of a round a cut waits for: it cuts to the share of them that got through.
+SAMPLE = 4
+#: How far below that share a cut goes (room for the server's bucket to refill)...
 DIP = 0.05
-#: The most a cut takes at once: a round's count of successes can be short.
-HALF = 0.5
-#: A cut with nothing measured (a shared store: this process sees its share only).
-BETA = 0.8
-#: How much a rate that is paced (some permit waited) and not throttled rises each ``RISE_EVERY``.
-RISE = 0.05
+#: ...and the most it takes at once: a process's share is not the fleet's, and a deeper cut
+#: for those who got less would starve them (equal cuts, equal rises: equal shares).
+BETA = 0.7
+#: A rate paced (some permit waited) with no throttle for RISE_EVERY seconds rises by RISE
+#: times the stated limit (additive, so that a fleet's processes converge on equal shares), or,
+#: with no limit stated, by RISE times itself.
+RISE = 0.02
 RISE_EVERY = 2.0
 _GONE = 256  # permits given back inside the schedule kept at most
-_FEW = 4  # successes a measure of what was delivered needs at least
 #: A schedule further ahead than this (seconds) is corrupt, or from a clock stepped back: healed.
 HORIZON = 3600.0
 
@@ -79,8 +81,9 @@ HORIZON = 3600.0
 class State(NamedTuple):
     """A bucket's shared state: what a store keeps (one Redis hash), all numbers.
 
-    ``rate``: 0 while dormant; ``stated``: the limit the server stated (0: none); ``rising``:
-    1 while a learnt rate doubles (no cut yet); ``changed``: when the round began;
+    ``rate``: 0 while dormant; ``round``: counts the cuts (a stated limit taken is one);
+    ``stated``: the limit the server stated (0: none); ``rising``: 1 while a learnt rate
+    doubles (no cut yet); ``changed``: when the rate last changed;
     ``quota``/``probe_at``: an exhausted quota's status and when its next probe may go."""
 
     rate: float = 0.0
@@ -125,9 +128,11 @@ class Rules:
         return state.rate
 
     def throttled(
-        self, state: State, now: float, stated: float | None, delivered: float | None
+        self, state: State, now: float, stated: float | None, ok: int, throttled: int
     ) -> State | None:
-        """The state after a throttle of an attempt of the current round; None: no change."""
+        """The state after a throttle of an attempt of the current round, given this
+        process's attempts of the round that went through (``ok``) and were throttled (this
+        one included); None: no change."""
         if not self.limit.adaptive:
             return None
         changed = state._replace(round=state.round + 1, changed=now, rising=0)
@@ -135,15 +140,10 @@ class Rules:
             return changed._replace(rate=stated, stated=stated)  # the server said: its limit
         if state.rate == 0:  # no limit stated: learn it, from the initial rate up
             return changed._replace(rate=self.limit.initial_rate, rising=1)
-        if now - state.changed < STEP:
-            return None  # attempts sent before this round still land: it answered them
-        rate = self.rate(state, now)
-        if delivered is None:
-            cut = rate * BETA
-        elif state.rising:  # it offered more than the server gave all along: a whole measure
-            cut = delivered * (1.0 - DIP)
-        else:
-            cut = max(rate * HALF, min(rate, delivered) * (1.0 - DIP))
+        if ok + throttled < SAMPLE:
+            return None  # too few of this round's attempts back to say how far to cut
+        share = ok / (ok + throttled) * (1.0 - DIP)
+        cut = self.rate(state, now) * max(BETA, share)
         return changed._replace(rate=max(self.limit.min_rate, cut))
 
     def rises(self, state: State, now: float) -> State | None:
@@ -153,10 +153,11 @@ class Rules:
             return None
         if now - state.changed < RISE_EVERY or (state.stated and state.rate >= state.stated):
             return None
-        rate = state.rate * (1.0 + RISE)
         if state.stated:
-            rate = min(rate, state.stated)
-        return state._replace(rate=rate, round=state.round + 1, changed=now)
+            rate = min(state.rate + RISE * state.stated, state.stated)
+        else:
+            rate = state.rate * (1.0 + RISE)
+        return state._replace(rate=rate, changed=now)  # the same round: no cut
 
     def quota(self, state: State, now: float, status: int) -> State | None:
         """The state after a quota status (None: the breaker is off)."""
@@ -179,7 +180,6 @@ class LocalBucket:
         "_lock",
         "_now",
         "_ok",
-        "_ok_since",
         "_paced",
         "_throttled",
         "learning",
@@ -197,10 +197,9 @@ class LocalBucket:
         self.state = State(rate=limit.per_second or 0.0)
         self.tat = 0.0  # the schedule's end: the next permit's slot, less the burst
         self.learning = False  # a success teaches it: an adaptive rate, or a quota to clear
-        self._ok = 0.0  # successes since `_ok_since` (the last 1 to 2 steps: what it was delivered)
-        self._ok_since = clock()
+        self._ok = 0  # attempts of the current round that went through
         self._paced = False  # a permit of the current round waited: the rate holds callers back
-        self._throttled = False  # a throttle of the current round came
+        self._throttled = 0  # attempts of the current round throttled
         self._gone: dict[
             float, float
         ] = {}  # permits given back inside the schedule: after -> before
@@ -242,30 +241,29 @@ class LocalBucket:
             elif signal.throttled:
                 if permit.round != state.round:
                     return  # sent before the last change: that change answered it
-                self._throttled = True
-                elapsed = now - self._ok_since
-                delivered = self._ok / elapsed if self._ok >= _FEW and elapsed > 0 else None
-                self._set(self.rules.throttled(state, now, signal.stated, delivered), now)
+                self._throttled += 1
+                self._set(
+                    self.rules.throttled(state, now, signal.stated, self._ok, self._throttled), now
+                )
             else:
                 if state.quota:
                     self._set(state._replace(quota=0, probe_at=0.0), now)
-                self._ok += 1
-                elapsed = now - self._ok_since
-                if elapsed > 2 * STEP:  # keep the last step's worth, pro rata
-                    self._ok *= STEP / elapsed
-                    self._ok_since = now - STEP
+                if permit.round == self.state.round:
+                    self._ok += 1
                 if self._paced and not self._throttled:
                     self._set(self.rules.rises(self.state, now), now)
 
     def _set(self, state: State | None, now: float) -> None:
-        """Take ``state`` (lock held); a new round starts its counts afresh."""
+        """Take ``state`` (lock held); a new round (a cut) starts its counts afresh."""
         if state is None:
             return
         if state.round != self.state.round:
-            self._paced, self._throttled = False, False
+            self._paced, self._ok, self._throttled = False, 0, 0
             self._gone.clear()
-            if state.rate < self.rules.rate(self.state, now):
-                self.tat = min(self.tat, now)  # slowed down: the queue is laid out anew
+            old = self.rules.rate(self.state, now)
+            if state.rate and (not old or state.rate < old):  # slowed down (or woke): the
+                # server's bucket is empty now; the queue is laid out anew from its next token
+                self.tat = now + 1.0 / state.rate
         self.state = state
         self.learning = (bool(state.rate) and self.limit.adaptive) or bool(state.quota)
 

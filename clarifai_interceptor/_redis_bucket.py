@@ -78,13 +78,15 @@ save()
 return reply('ok', num(at - now), num(at), num(before), num(t))
 """
 )
-#: ARGV[3] the round it was decided in, [4] rate, [5] stated, [6] rising, [7] "1" if slower.
+#: ARGV[3] the round it was decided in, [4] the rate's last change as seen, [5] the new
+#: round, [6] rate, [7] stated, [8] rising, [9] the slot the schedule restarts from ("": kept).
+#: Nothing changes if another change came first (compare and set).
 _CHANGE = (
     _PRELUDE
     + """
-if tonumber(ARGV[3]) == n then
-    n, r, s, g, c = n + 1, tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), now
-    if ARGV[7] == '1' and t > now then t = now end
+if tonumber(ARGV[3]) == n and num(c) == ARGV[4] then
+    n, r, s, g, c = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), now
+    if ARGV[9] ~= '' then t = now + tonumber(ARGV[9]) end
 end
 save()
 return reply('changed')
@@ -240,9 +242,10 @@ class RedisBucket:
         """Set ``state`` if no change came since the view's round; False: nothing to set."""
         if state is None:
             return False
-        slower = state.rate < self.rules.rate(self.view, self._now())
-        args = [self.view.round, _num(state.rate), _num(state.stated), state.rising]
-        return (yield _CHANGE, [*args, int(slower)])
+        view, old = self.view, self.rules.rate(self.view, self._now())
+        restart = _num(1.0 / state.rate) if state.rate and (not old or state.rate < old) else ""
+        seen = [view.round, _num(view.changed), state.round]
+        return (yield _CHANGE, [*seen, _num(state.rate), _num(state.stated), state.rising, restart])
 
     def _recheck(self, permit: Permit, max_wait: float | None) -> _Op:
         if permit.round == self.view.round or permit == GO:
