@@ -44,7 +44,8 @@ __all__ = [
 
 #: gRPC codes retried by default: the load balancer or server is briefly unreachable.
 DEFAULT_RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
-#: Clarifai in-body status codes retried by default: throttling and models warming up.
+#: Clarifai in-body status codes retried by default: throttling, models warming up, and the
+#: statuses Clarifai's status-code docs answer with "try again" (the request was not served).
 DEFAULT_RETRYABLE_STATUSES: frozenset[int] = frozenset(
     {
         _sc.CONN_THROTTLED,
@@ -53,6 +54,8 @@ DEFAULT_RETRYABLE_STATUSES: frozenset[int] = frozenset(
         _sc.MODEL_LOADING,
         _sc.RPC_SERVER_UNAVAILABLE,
         _sc.RPC_REQUEST_QUEUE_FULL,
+        _sc.TRY_AGAIN,  # "Try the request again"
+        _sc.QUEUE_CONN_ERROR,  # "Servers are busy. Please try again later"
     }
 )
 #: Clarifai in-body statuses that are throttles by default: the server refused for rate.
