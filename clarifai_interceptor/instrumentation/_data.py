@@ -29,7 +29,8 @@ class RetryDetails:
         target: The channel's target (``host:port``), or ``""`` when unknown.
         attempt: The number of the attempt that failed (1 for the first).
         outcome: What that attempt got: a gRPC code name (``UNAVAILABLE``) or a Clarifai status
-            name (``CONN_THROTTLED``).
+            name (``CONN_THROTTLED``); ``UNKNOWN_STATUS`` for a status the installed
+            ``clarifai_grpc`` has no name for (one value for all: it labels metrics).
         throttle: Whether that outcome was the server throttling the caller.
         wait: The seconds chosen to wait before the next attempt.
         reason: Why the wait is that long: ``"backoff"`` (the policy), ``"pushback"`` (the
