@@ -7,6 +7,7 @@ of copying the message), and every retry resends those bytes.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,6 +24,7 @@ from ._ratelimit import DEFAULT_RATE_LIMIT, Bucket, RateLimit
 from ._request import byte_stream, to_bytes
 from ._switch import TESTING
 from ._target import CHANNEL_OPTIONS, DEFAULT_TARGET, channel_options, resolve_target
+from ._target import check as check_target
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -378,10 +380,17 @@ class _Channel(Delegating):
     stream_stream = _multi_callable("stream_stream", _StreamStream)
 
 
+def _unnamed() -> str:
+    """A name for a wrapped channel whose target nobody gave: its own, in this process and in
+    any other (a fleet's Redis store sees it), and never a target gRPC could dial (``#``)."""
+    return f"unnamed#{secrets.token_hex(6)}"
+
+
 def wrap_channel(
     channel: grpc.Channel,
     credentials: CredentialsSource | None = None,
     *,
+    target: str | None = None,
     retry: RetryPolicy | None = DEFAULT_RETRY,
     rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
     policies: Mapping[str, RetryPolicy] | None = None,
@@ -395,6 +404,11 @@ def wrap_channel(
         channel: Any sync ``grpc.Channel``.
         credentials: A `Credentials`, a zero-argument callable returning one (consulted per
             call), or None to read `Credentials.from_env` now.
+        target: The target ``channel`` dials (``HOST[:PORT]`` or a gRPC name), as given to
+            gRPC: rate limits are shared per credential identity and target, so channels of
+            ours to one server share one limit, and it labels metrics. None (unknown): this
+            channel's limit is its own, shared with no other channel, and its metrics'
+            target is ``unnamed#`` and a random suffix.
         retry: The default `RetryPolicy`; None for a single attempt.
         rate_limit: The client-side `RateLimit` (default: adaptive, dormant until the first
             throttle), shared per credential identity and target; None for none.
@@ -406,12 +420,16 @@ def wrap_channel(
     Raises:
         MissingCredentialsError: ``credentials`` is None and the environment names no secret.
         TypeError: ``channel`` is a ``grpc.aio`` channel, or an argument has the wrong type.
+        ValueError: ``target`` is malformed.
     """
     if isinstance(channel, grpc.aio.Channel):
         raise TypeError("wrap_channel takes a sync grpc.Channel; use clarifai_interceptor.aio")
     if not callable(getattr(channel, "unary_unary", None)):
         raise TypeError(f"wrap_channel takes a grpc.Channel, not {type(channel).__name__}")
-    return _Channel(channel, Core(credentials, retry, rate_limit, "", policies))
+    # Never "" for an unknown target: every channel wrapped without one would share a limit,
+    # and throttles from one server would pace calls to another.
+    name = _unnamed() if target is None else check_target(target)
+    return _Channel(channel, Core(credentials, retry, rate_limit, name, policies))
 
 
 def secure_channel(

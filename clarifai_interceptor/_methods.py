@@ -29,6 +29,7 @@ __all__ = [
     "READ_PATTERNS",
     "READ_RETRY",
     "V2_METHODS",
+    "WRITES_NAMED_AS_READS",
     "WRITE_RETRY",
     "Policies",
     "is_read",
@@ -51,6 +52,16 @@ READ_PATTERNS: tuple[str, ...] = (
     "PostMetricsQuery",
     "PostModelOutputs",
     "PostWorkflowResults",
+)
+#: Methods the read patterns match that change state on the server: writes, whatever their
+#: name says. ``ListNextTaskAssignments`` assigns inputs to the labeller (its proto: "re-designed
+#: to serve a PUT logic"); ``PostSearches`` may save the search ("Execute a new search and
+#: optionally save it"); ``ListRunnerItems`` hands work items out to a runner, so a retry after
+#: a lost answer leases a second batch while the first is held by nobody.
+WRITES_NAMED_AS_READS: tuple[str, ...] = (
+    "ListNextTaskAssignments",
+    "ListRunnerItems",
+    "PostSearches",
 )
 
 #: The default policy for reads: transient failures, and outcomes that may hide a done read.
@@ -75,6 +86,8 @@ _READS = [_glob(pattern) for pattern in READ_PATTERNS]
 def is_read(method: str | bytes) -> bool:
     """Whether a method (short or full name) is a read of the default classification."""
     name = method_name(method)
+    if name in WRITES_NAMED_AS_READS:
+        return False
     return any(pattern.fullmatch(name) for pattern in _READS)
 
 
@@ -124,8 +137,9 @@ def _specificity(pattern: str) -> tuple[bool, int]:
 @lru_cache(maxsize=1)
 def default_rules() -> dict[str, RetryPolicy]:
     """The default classification as rules: reads get `READ_RETRY`, everything else
-    `WRITE_RETRY`."""
+    `WRITE_RETRY` (an exact name beats a pattern: `WRITES_NAMED_AS_READS` are writes)."""
     rules = dict.fromkeys(READ_PATTERNS, READ_RETRY)
+    rules.update(dict.fromkeys(WRITES_NAMED_AS_READS, WRITE_RETRY))
     rules["*"] = WRITE_RETRY
     return rules
 

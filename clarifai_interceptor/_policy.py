@@ -33,6 +33,7 @@ __all__ = [
     "NEVER_RETRIED_CODES",
     "NEVER_RETRIED_STATUSES",
     "NO_RETRY",
+    "UNKNOWN_STATUS",
     "RetryBudget",
     "RetryPolicy",
     "describe",
@@ -44,7 +45,8 @@ __all__ = [
 
 #: gRPC codes retried by default: the load balancer or server is briefly unreachable.
 DEFAULT_RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset({grpc.StatusCode.UNAVAILABLE})
-#: Clarifai in-body status codes retried by default: throttling and models warming up.
+#: Clarifai in-body status codes retried by default: throttling, models warming up, and the
+#: statuses Clarifai's status-code docs answer with "try again" (the request was not served).
 DEFAULT_RETRYABLE_STATUSES: frozenset[int] = frozenset(
     {
         _sc.CONN_THROTTLED,
@@ -53,6 +55,8 @@ DEFAULT_RETRYABLE_STATUSES: frozenset[int] = frozenset(
         _sc.MODEL_LOADING,
         _sc.RPC_SERVER_UNAVAILABLE,
         _sc.RPC_REQUEST_QUEUE_FULL,
+        _sc.TRY_AGAIN,  # "Try the request again"
+        _sc.QUEUE_CONN_ERROR,  # "Servers are busy. Please try again later"
     }
 )
 #: Clarifai in-body statuses that are throttles by default: the server refused for rate.
@@ -200,7 +204,7 @@ class RetryPolicy:
                 )
         for name in ("retryable_statuses", "throttle_statuses"):
             statuses = self._set(name, getattr(self, name), int)
-            bad = sorted(_status_name(s) for s in statuses & NEVER_RETRIED_STATUSES)
+            bad = sorted(_sc.StatusCode.Name(s) for s in statuses & NEVER_RETRIED_STATUSES)
             if _sc.SUCCESS in statuses:
                 bad.append("SUCCESS")
             if bad:
@@ -299,20 +303,25 @@ def time_left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _status_name(status: int) -> str:
-    try:
-        return str(_sc.StatusCode.Name(status))
-    except ValueError:
-        return f"status {status}"
+#: What `describe` calls a status the installed ``clarifai_grpc`` does not know: one name for
+#: all of them, so that metric labels stay bounded whatever numbers a server sends.
+UNKNOWN_STATUS = "UNKNOWN_STATUS"
 
 
 def describe(outcome: object) -> str:
-    """A short, secret-free name for an outcome: a gRPC code or a Clarifai status name."""
+    """A short, secret-free name for an outcome: a gRPC code or a Clarifai status name, from a
+    bounded set (a status ``clarifai_grpc`` does not know is `UNKNOWN_STATUS`): it labels
+    metrics."""
     if isinstance(outcome, grpc.RpcError):
         code = getattr(outcome, "code", None)
         return code().name if code is not None else type(outcome).__name__
     status = getattr(getattr(outcome, "status", None), "code", None)
-    return _status_name(status) if isinstance(status, int) else "message"
+    if not isinstance(status, int):
+        return "message"
+    try:
+        return str(_sc.StatusCode.Name(status))
+    except ValueError:
+        return UNKNOWN_STATUS
 
 
 PUSHBACK = "grpc-retry-pushback-ms"

@@ -15,7 +15,14 @@ from clarifai_grpc.grpc.api import resources_pb2, service_pb2, service_pb2_grpc
 from conftest import FAST, KEY_CREDS, PAT, PAT_CREDS, T
 from helpers import PAT_HEADER, SUCCESS, UAI, credentials_sent, predict_request
 
-from clarifai_interceptor import aio, insecure_channel, wrap_channel
+from clarifai_interceptor import (
+    NO_RETRY,
+    RateLimit,
+    RateLimitedError,
+    aio,
+    insecure_channel,
+    wrap_channel,
+)
 from clarifai_interceptor._channel import CHANNEL_OPTIONS, channel_options, resolve_target
 from clarifai_interceptor._credentials import ENV_VARS
 from clarifai_interceptor.testing import FakeClarifai
@@ -39,6 +46,67 @@ def test_channel_options_turn_grpc_retries_off_unless_the_caller_says() -> None:
     assert merged["grpc.enable_retries"] == 1
     assert merged["grpc.primary_user_agent"] == "x"
     assert len(merged) == len(CHANNEL_OPTIONS) + 1
+
+
+# -- whose rate limit a wrapped channel shares ------------------------------------------------
+
+#: A fixed rate that fails fast: any call the bucket has no permit for raises at once, so a
+#: bucket shared with another channel shows as an error, without timing anything.
+ONE_PERMIT = RateLimit(per_second=1, max_wait=0)
+
+
+def list_models(channel: grpc.Channel) -> Any:
+    return service_pb2_grpc.V2Stub(channel).ListModels(service_pb2.ListModelsRequest(), timeout=T)
+
+
+def test_wrapped_channels_without_a_target_never_share_a_rate_limit() -> None:
+    with FakeClarifai() as one, FakeClarifai() as two:
+        raw = [grpc.insecure_channel(one.target), grpc.insecure_channel(two.target)]
+        first, second = (
+            wrap_channel(channel, PAT_CREDS, retry=NO_RETRY, rate_limit=ONE_PERMIT)
+            for channel in raw
+        )
+        with first, second:
+            assert list_models(first).status.code == SUCCESS
+            with pytest.raises(RateLimitedError):
+                list_models(first)  # its own permit is spent
+            # Another server, the same PAT: not paced by the first server's calls.
+            assert list_models(second).status.code == SUCCESS
+            # Nor is a second wrapped channel to the same server: its target is unknown too.
+            third = wrap_channel(
+                grpc.insecure_channel(one.target), PAT_CREDS, rate_limit=ONE_PERMIT
+            )
+            with third:
+                assert list_models(third).status.code == SUCCESS
+        assert (len(one.calls), len(two.calls)) == (2, 1)
+
+
+def test_wrapped_channels_given_their_target_share_its_rate_limit() -> None:
+    with FakeClarifai() as one, FakeClarifai() as two:
+        given = [
+            wrap_channel(
+                grpc.insecure_channel(fake.target),
+                PAT_CREDS,
+                target=fake.target,
+                retry=NO_RETRY,
+                rate_limit=ONE_PERMIT,
+            )
+            for fake in (one, two)
+        ]
+        built = insecure_channel(one.target, PAT_CREDS, retry=NO_RETRY, rate_limit=ONE_PERMIT)
+        with given[0], given[1], built:
+            assert list_models(given[0]).status.code == SUCCESS
+            with pytest.raises(RateLimitedError):
+                list_models(built)  # one server, one PAT: one limit, however built
+            assert list_models(given[1]).status.code == SUCCESS  # another server: its own
+        assert (len(one.calls), len(two.calls)) == (1, 1)
+
+
+def test_wrap_channel_checks_the_target_it_is_given() -> None:
+    raw = grpc.insecure_channel("localhost:1")
+    with pytest.raises(ValueError, match="HOST or HOST:PORT"):
+        wrap_channel(raw, PAT_CREDS, target="https://api.clarifai.com")
+    raw.close()
 
 
 def test_wrap_channel_refuses_what_is_not_a_sync_channel() -> None:

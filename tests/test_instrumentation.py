@@ -1166,6 +1166,37 @@ def test_e2e_otel_and_prometheus_count_exactly(fake: FakeClarifai, front: str) -
     meters.shutdown()
 
 
+def test_e2e_unknown_statuses_make_one_outcome_not_one_series_each(fake: FakeClarifai) -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    registry = CollectorRegistry()
+    set_on_retry_hooks(
+        [OpenTelemetryInstruments(meter_provider=meters), PrometheusInstruments(registry)]
+    )
+    known = set(status_code_pb2.StatusCode.values())
+    unknown = [code for code in range(900_000, 901_000) if code not in known][:300]
+    for code in unknown:  # retried once, then a status this clarifai_grpc has no name for
+        fake.script("PostInputs", status_code_pb2.MODEL_LOADING, code)
+    policy = dataclasses.replace(EXACT, initial_backoff=0, budget=None)
+    with insecure_channel(fake.target, PAT_CREDS, retry=policy, rate_limit=None) as channel:
+        stub = service_pb2_grpc.V2Stub(channel)
+        got = [stub.PostInputs(service_pb2.PostInputsRequest(), timeout=E2E_T) for _ in unknown]
+    assert [response.status.code for response in got] == unknown  # the number reaches the caller
+    prom = {
+        sample.labels["outcome"]
+        for metric in registry.collect()
+        for sample in metric.samples
+        if "outcome" in sample.labels
+    }
+    assert prom == {"MODEL_LOADING", "UNKNOWN_STATUS"}  # retries' outcome, calls' outcome
+    found = metrics(reader)
+    calls = points(found["grpc.client.call.retries"])
+    assert {dict(k)["clarifai.outcome"]: p.count for k, p in calls.items()} == {
+        "UNKNOWN_STATUS": 300
+    }
+    meters.shutdown()
+
+
 @pytest.mark.parametrize("front", FRONTS)
 def test_e2e_otel_adds_span_events_to_the_callers_span(fake: FakeClarifai, front: str) -> None:
     exporter = InMemorySpanExporter()

@@ -55,6 +55,7 @@ from clarifai_interceptor import (
     ClarifaiInterceptor,
     Credentials,
     RetryPolicy,
+    insecure_channel,
     use_retry,
     wrap_channel,
 )
@@ -68,6 +69,20 @@ REQUIRED_RETRYABLE_STATUSES = (
     status_code_pb2.MODEL_LOADING,
     status_code_pb2.RPC_SERVER_UNAVAILABLE,
     status_code_pb2.RPC_REQUEST_QUEUE_FULL,
+    # Clarifai's status-code docs answer these with "try again" (issue 18).
+    status_code_pb2.TRY_AGAIN,
+    status_code_pb2.QUEUE_CONN_ERROR,
+)
+
+#: Not retried by any default policy, read or write: quotas (seconds of waiting cannot help),
+#: and the statuses the README says were decided against (issue 18).
+NOT_RETRIED_BY_DEFAULT = (
+    status_code_pb2.CONN_EXCEED_HOURLY_LIMIT,
+    status_code_pb2.CONN_EXCEED_MONTHLY_LIMIT,
+    status_code_pb2.CONN_EXCEEDS_LIMITS,
+    status_code_pb2.MODEL_QUEUED_FOR_DEPLOYMENT,
+    status_code_pb2.RUNNER_NEEDS_RETRY,
+    status_code_pb2.INTERNAL_RESOURCE_EXHAUSTED,
 )
 
 SCOPE_STATUSES = (
@@ -422,6 +437,19 @@ def test_other_body_failures_are_not_retried(path: Path, fake: FakeClarifai, sta
     fake.script("PostModelOutputs", Reply(failed), Reply(output("never reached")))
     assert path.stub().PostModelOutputs(predict_request(), timeout=T) == failed
     assert len(fake.calls_to("PostModelOutputs")) == 1
+
+
+@pytest.mark.parametrize("status", NOT_RETRIED_BY_DEFAULT, ids=status_code_pb2.StatusCode.Name)
+@pytest.mark.parametrize("method", ["PostModelOutputs", "PostInputs"])  # a read, a write
+def test_quota_and_decided_against_statuses_are_not_retried_by_default(
+    fake: FakeClarifai, status: int, method: str
+) -> None:
+    fake.script(method, Status(status), SUCCESS)
+    with insecure_channel(fake.target, DEFAULT) as channel:  # every default: reads and writes
+        call = getattr(service_pb2_grpc.V2Stub(channel), method)
+        request = getattr(service_pb2, f"{method}Request")()
+        assert call(request, timeout=T).status.code == status
+    assert len(fake.calls_to(method)) == 1
 
 
 # -- the use_retry override; concurrent retries ----------------------------------------------

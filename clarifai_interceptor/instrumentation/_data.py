@@ -26,10 +26,13 @@ class RetryDetails:
 
     Attributes:
         method: The method's full name, e.g. ``/clarifai.api.V2/PostInputs``.
-        target: The channel's target (``host:port``), or ``""`` when unknown.
+        target: The channel's target (``host:port``), or ``""`` when unknown (an interceptor
+            built without one); a channel `wrap_channel` wrapped without one: ``unnamed#``
+            and a random suffix, its own.
         attempt: The number of the attempt that failed (1 for the first).
         outcome: What that attempt got: a gRPC code name (``UNAVAILABLE``) or a Clarifai status
-            name (``CONN_THROTTLED``).
+            name (``CONN_THROTTLED``); ``UNKNOWN_STATUS`` for a status the installed
+            ``clarifai_grpc`` has no name for (one value for all: it labels metrics).
         throttle: Whether that outcome was the server throttling the caller.
         wait: The seconds chosen to wait before the next attempt.
         reason: Why the wait is that long: ``"backoff"`` (the policy), ``"pushback"`` (the
@@ -58,7 +61,7 @@ class CallSummary:
 
     Attributes:
         method: The method's full name, e.g. ``/clarifai.api.V2/PostInputs``.
-        target: The channel's target, or ``""`` when unknown.
+        target: The channel's target, named as in `RetryDetails.target`.
         attempts: Attempts made, the first included.
         outcome: The final outcome, named as in `RetryDetails.outcome` (``SUCCESS`` for a
             successful response).

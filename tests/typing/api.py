@@ -22,6 +22,7 @@ single: ci.RetryPolicy = ci.NO_RETRY
 interceptor = ci.ClarifaiInterceptor(creds, retry=policy)
 rotating = ci.ClarifaiInterceptor(lambda: creds, retry=None)
 channel: grpc.Channel = ci.wrap_channel(grpc.insecure_channel("localhost:1"), creds)
+named: grpc.Channel = ci.wrap_channel(grpc.insecure_channel("h:1"), creds, target="h:1")
 local: grpc.Channel = ci.insecure_channel("localhost:1", creds, retry=policy, options=())
 remote: grpc.Channel = ci.secure_channel(credentials=creds, root_certificates=None)
 
