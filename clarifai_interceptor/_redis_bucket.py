@@ -140,6 +140,7 @@ class RedisBucket:
     __slots__ = (
         "_at",
         "_clock",
+        "_ok",
         "_paced",
         "_redis_now",
         "_throttled",
@@ -161,7 +162,8 @@ class RedisBucket:
         self._redis_now = 0.0  # Redis's clock in the last reply...
         self._at = time.monotonic()  # ...read at this time
         self._paced = False  # a permit of the current round waited
-        self._throttled = False  # a throttle of the current round came
+        self._ok = 0  # this process's attempts of the current round that went through...
+        self._throttled = 0  # ...and that were throttled
         #: Tests only: a clock for the scripts instead of Redis's TIME.
         self._clock: Callable[[], float] | None = None
 
@@ -176,7 +178,7 @@ class RedisBucket:
         n, r, s, g, c, q, p, now = (_field(x, high=math.inf) for x in reply[1:9])
         state = State(_field(r), int(n), _field(s), int(g == 1), c, int(q), p)
         if state.round != self.view.round:
-            self._paced = self._throttled = False
+            self._paced, self._ok, self._throttled = False, 0, 0
         self.view, self._redis_now, self._at = state, now, time.monotonic()
         kind = reply[0]
         return kind.decode() if isinstance(kind, bytes) else str(kind)
@@ -224,10 +226,13 @@ class RedisBucket:
         elif signal.throttled:
             if permit.round != view.round:
                 return  # sent before the last change: that change answered it
-            self._throttled = True
-            reply = yield from self._change(self.rules.throttled(view, now, signal.stated, None))
+            self._throttled += 1
+            new = self.rules.throttled(view, now, signal.stated, self._ok, self._throttled)
+            reply = yield from self._change(new)
         else:
             reply = None
+            if permit.round == view.round:
+                self._ok += 1
             if view.quota:
                 reply = yield _QUOTA, [0, 0]
             if self._paced and not self._throttled and reply is None:
