@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
+from clarifai_grpc.grpc.api import service_pb2_grpc
+from clarifai_grpc.grpc.api.status import status_code_pb2
 
 from benchmarks import throttle
+from benchmarks import variants as v
 
 TINY = throttle.Settings(duration=1.0, drain=2.0, rounds=1)
 FIELDS = {"goodput", "attempts_per_success", "failed", "failed_pct", "unfinished", "p50_ms"}
@@ -33,6 +38,35 @@ def small(monkeypatch: pytest.MonkeyPatch) -> None:
     workloads["aio50"] = ("aio, 50 tasks", "aio", 1, 50, "body")
     workloads["fleet2"] = ("2 processes x 2 threads", "threads", 2, 2, "body")
     monkeypatch.setattr(throttle, "WORKLOADS", workloads)
+
+
+def _throttled_status(server: throttle.ThrottleServer, **settings: object) -> object:
+    """A real call's throttled status: a bucket of one token, and calls until one is refused."""
+    server.configure(burst=1, work_ms=0, **settings)
+    with grpc.insecure_channel(server.target) as channel:
+        call = service_pb2_grpc.V2Stub(channel).PostModelOutputs
+        for _ in range(20):
+            response = call(v.PREDICT, metadata=v.METADATA, timeout=10)
+            if response.status.code == status_code_pb2.CONN_THROTTLED:
+                return response.status
+    raise AssertionError("20 calls at once, none throttled by a bucket of one token")
+
+
+@pytest.mark.parametrize("rate", [15.0, 12.5])
+def test_server_states_its_limit_as_clarifai_does(
+    server: throttle.ThrottleServer, rate: float
+) -> None:
+    status = _throttled_status(server, rate=rate)  # stated: the default
+    assert status.description == "Making too many requests"
+    found = re.fullmatch(r"exceeded limit of ([0-9.]+) requests per second", status.details)
+    assert found, status.details
+    assert float(found[1]) == rate
+
+
+def test_server_can_leave_its_limit_unstated(server: throttle.ThrottleServer) -> None:
+    status = _throttled_status(server, rate=15.0, stated=False)
+    assert "limit of" not in status.details
+    assert not re.search(r"[0-9]", status.details + status.description)
 
 
 def _books(cell: dict) -> None:
