@@ -98,7 +98,13 @@ def test_bare_stub_cell_balances(server: throttle.ThrottleServer) -> None:
 @pytest.mark.usefixtures("small")
 @pytest.mark.parametrize(
     ("workload", "variant"),
-    [("t4", "tenacity"), ("t4", "ours"), ("t4", "ours-fixed"), ("pushback4", "ours-none")],
+    [
+        ("t4", "tenacity"),
+        ("t4", "ours"),
+        ("t4", "ours-before"),  # the worker exits non-zero if the old limiter was not used
+        ("t4", "ours-fixed"),
+        ("pushback4", "ours-none"),
+    ],
 )
 def test_retrying_cells_balance(
     server: throttle.ThrottleServer, workload: str, variant: str
@@ -150,7 +156,7 @@ def test_rows_render_and_judge(tmp_path: Path) -> None:
     text = throttle.dump(result)  # NaN != NaN: compare the texts
     assert throttle.dump(json.loads(text)) == text
     table = throttle.render(result)
-    assert "| 64 threads, one process | ours, default (adaptive) |" in table
+    assert "| 64 threads, one process | ours, default |" in table
     assert "Targets:" in table
 
 
@@ -160,8 +166,61 @@ def test_jain_index() -> None:
     assert math.isclose(throttle.jain([0.5, 0.25]), 0.9)
 
 
+def _runs(*argv: str) -> list[tuple[str, throttle.Settings, list[str]]]:
+    return throttle.runs_of(throttle.parser_of().parse_args(list(argv)))
+
+
 def test_settings_are_bounded() -> None:
-    full = throttle.Settings()
-    cells = sum(len(v) for v in throttle.plan(redis=True).values())
-    assert cells * (full.duration + 2) * full.rounds < 20 * 60
+    variants = throttle.plan(redis=True)
+    seconds = sum(
+        len(variants[w]) * (settings.duration + 4) * settings.rounds
+        for _name, settings, workloads in _runs()
+        for w in workloads
+    )
+    assert seconds < 75 * 60  # both scenarios, one run
+    quick = sum(len(variants[w]) * 8 for _n, _s, workloads in _runs("--quick") for w in workloads)
+    assert quick < 10 * 60
     assert replace(throttle.QUICK).rounds == 1
+
+
+def test_the_scenarios_parse() -> None:
+    clarifai, at_200 = _runs()  # both, by default: Clarifai's limit first
+    assert clarifai[0] == "clarifai"
+    assert (clarifai[1].rate, clarifai[1].burst, clarifai[1].duration) == (15.0, 15.0, 40.0)
+    assert clarifai[2] == ["t16", "t16-unstated", "fleet", "aio100"]
+    assert throttle.WORKLOADS["fleet"][2:4] == (4, 16)
+    assert throttle.WORKLOADS["aio100"][1:4] == ("aio", 1, 100)
+    assert at_200[0] == "200"
+    assert (at_200[1].rate, at_200[1].burst, at_200[1].duration) == (200.0, 20.0, 10.0)
+    assert all(settings.stated for _n, settings, _w in (clarifai, at_200))
+    (only,) = _runs("--scenario", "200", "--rate", "15", "--burst", "15", "--only", "t16,fleet")
+    assert (only[1].rate, only[1].burst, only[2]) == (15.0, 15.0, ["t16", "fleet"])
+    (quick,) = _runs("--scenario", "clarifai", "--quick", "--unstated", "--rounds", "3")
+    assert (quick[1].duration, quick[1].rounds, quick[1].stated) == (1.5, 3, False)
+    with pytest.raises(ValueError, match="unknown workloads: t5"):
+        _runs("--only", "t5")
+    with pytest.raises(ValueError, match="unknown variants: mine"):
+        _runs("--variants", "ours,mine")
+    assert set(throttle.plan(redis=False)["fleet"]) == set(throttle.DEFAULT_VARIANTS)
+    assert throttle.plan(redis=True, chosen=("bare", "ours-none"))["fleet"] == ["bare", "ours-none"]
+
+
+def test_the_targets_of_18() -> None:
+    for rate in (15.0, 200.0):
+        aio = throttle.targets("aio100", "ours", rate).split("; ")
+        assert {"attempts_per_success <= 1.02", "settled_s <= 1", "limiter_block_ms <= 10"} <= set(
+            aio
+        )
+        assert "jain >= 0.98" in throttle.targets("fleet", "ours", rate)
+    assert throttle.targets("t16", "ours-before", 15.0) == ""
+    assert "p99_ms" not in throttle.targets("t16", "ours-fixed", 15.0)
+    assert "p99_ms <= 99" in throttle.targets("t16", "ours-fixed", 200.0)
+
+
+def test_settled() -> None:
+    at_15 = throttle.Settings(duration=4.0, rate=15.0)
+    # the burst in the first slice, then 15/s: 4 slices of 4, 4, 4, 3 a second
+    steady = [19, 4, 4, 3, 4, 4, 4, 3, 4, 4, 4, 3, 4, 4, 4, 3]
+    assert throttle.settled(steady, at_15) == 0.25
+    assert throttle.settled([0] * 8 + steady[8:], at_15) == 2.0
+    assert throttle.settled([*steady[:12], 0, 0, 0, 0], at_15) == math.inf
