@@ -1,9 +1,22 @@
-"""The throttle group: ``python -m benchmarks.throttle [--quick] [--plot PATH] [--readme]``.
+"""The throttle group: ``python -m benchmarks.throttle [--quick] [--scenario S] [--plot PATH]
+[--readme]``.
 
 A server (`throttle_server.py`, its own process) admits R attempts per second from a token
 bucket of a small burst and answers the rest at once with ``CONN_THROTTLED`` (or, in the
-pushback workload, ``UNAVAILABLE`` with ``grpc-retry-pushback-ms``). Clients offer far more than
-R. Each cell (one workload, one variant) runs its clients in fresh processes (the limiter's
+pushback workload, ``UNAVAILABLE`` with ``grpc-retry-pushback-ms``). Its throttles state the
+limit as Clarifai's do (details ``exceeded limit of R requests per second``), except in the
+``*-unstated`` workloads (or everywhere with ``--unstated``), whose details name no limit.
+Clients offer far more than R.
+
+Two scenarios (``--scenario clarifai|200|both``, both by default, one after the other in one
+run): ``clarifai``, Clarifai's real limit, R = 15/s with a burst of 15, 40 s cells (16 threads,
+a fleet of 4 x 16, aio with 100 tasks); ``200``, R = 200/s with a burst of 20, 10 s cells (the
+workloads before #18, and the same at 64 threads against a limit not stated). ``--rate`` and
+``--burst`` override a scenario's. The variants include ``ours-before``, the pre-#18 adaptive
+limiter (`old_limiter.py`, installed in the client process in place of the package's), to
+compare against the new default.
+
+Each cell (one workload, one variant) runs its clients in fresh processes (the limiter's
 state is per process), each tagging its attempts so the server counts them per process; the
 cells of one workload run in rounds, the order of the variants rotated each round, and a row's
 figures are medians over the rounds.
@@ -12,8 +25,9 @@ Per row: goodput (successes completed inside the window, per second, as a fracti
 attempts per success (the server's count of every attempt, over every success, the drain
 included), calls that finally failed, p50 and p99 latency of successes, client CPU per success
 (``time.process_time`` of every client process over its successes), the server's CPU (share of
-one core), and Jain's fairness index of the processes' goodputs (fleet) or the event loop's
-worst lag (aio: a ticker every 5 ms records how late it wakes). Every process's successes per
+one core), when the successes settled at R (every 1 s window from then on within 10% of R),
+and Jain's fairness index of the processes' goodputs (fleet) or the event loop's worst lag
+(aio: a ticker every 5 ms records how late it wakes). Every process's successes per
 0.25 s, the server's accepted and throttled attempts per process per 0.25 s, and the limiter's
 own rate (``clarifai_interceptor._limiter.buckets()``) are kept in the JSON, and ``--plot``
 draws them for the fleet.
@@ -30,6 +44,7 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
 import socket
 import statistics
@@ -39,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,7 +69,7 @@ from .__main__ import README, cpu_seconds, machine, update_readme
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- throttle:start -->", "<!-- throttle:end -->"
-RATE, BURST, WORK_MS = 200.0, 20.0, 5.0
+WORK_MS = 5.0
 SLICE = 0.25  # seconds per point of the traces (the server's too)
 TAG = "x-bench-client"
 CALL_TIMEOUT = 60.0  # each call's own deadline: generous, so that the SDK style can finish
@@ -69,33 +84,68 @@ class Settings:
     duration: float = 10.0  # seconds of offered load per cell (a cold start is paid once a cell)
     drain: float = 6.0  # longest wait for calls in flight at the end (> one SDK wait)
     rounds: int = 2
+    rate: float = 200.0  # R: the server's attempts per second
+    burst: float = 20.0  # the server's bucket
+    stated: bool = True  # False: no workload's throttles state the limit (--unstated)
 
 
 QUICK = Settings(1.5, 2.0, 1)
 
-# workload: (label, kind, processes, concurrency per process, server mode)
+# workload: (label, kind, processes, concurrency per process, server mode); mode "unstated" is
+# "body" with throttles whose details name no limit
 WORKLOADS: dict[str, tuple[str, str, int, int, str]] = {
     "t64": ("64 threads, one process", "threads", 1, 64, "body"),
+    "t64-unstated": ("64 threads, limit not stated", "threads", 1, 64, "unstated"),
     "t16": ("16 threads, one process", "threads", 1, 16, "body"),
+    "t16-unstated": ("16 threads, limit not stated", "threads", 1, 16, "unstated"),
     "aio": ("aio, 500 tasks, one process", "aio", 1, 500, "body"),
+    "aio100": ("aio, 100 tasks, one process", "aio", 1, 100, "body"),
     "open": ("open loop, Poisson arrivals at 2R", "open", 1, 256, "body"),
     "fleet": ("4 processes x 16 threads", "threads", 4, 16, "body"),
     "pushback": ("64 threads, `UNAVAILABLE` + pushback", "threads", 1, 64, "pushback"),
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A server rate and burst, the seconds per cell, and the workloads run at them."""
+
+    title: str
+    rate: float
+    burst: float
+    duration: float
+    workloads: tuple[str, ...]
+
+
+SCENARIOS = {
+    "clarifai": Scenario(
+        "Clarifai's limit", 15.0, 15.0, 40.0, ("t16", "t16-unstated", "fleet", "aio100")
+    ),
+    "200": Scenario(
+        "R = 200/s",
+        200.0,
+        20.0,
+        10.0,
+        ("t64", "t64-unstated", "t16", "aio", "open", "fleet", "pushback"),
+    ),
 }
 VARIANTS = {
     "bare": "bare stub, no retries",
     "tenacity": "tenacity, 5 attempts, 0.1 s doubling",
     "sdk": f"SDK style, the SDK's fixed {v.SDK_REAL_WAIT:g} s wait, {v.SDK_ATTEMPTS} attempts",
-    "ours-none": "ours, `rate_limit=None` (today)",
-    "ours": "ours, default (adaptive)",
+    "ours-none": "ours, `rate_limit=None`",
+    "ours-before": "ours, the adaptive limiter before #18 (`benchmarks/old_limiter.py`)",
+    "ours": "ours, default",
     "ours-fixed": "ours, `RateLimit(per_second=R)`",
-    "ours-redis": "ours on Redis, adaptive, shared",
+    "ours-redis": "ours on Redis, default, shared",
     "ours-redis-fixed": "ours on Redis, `RateLimit(per_second=R)`, shared",
 }
 RIVALS = ("bare", "tenacity", "sdk")
-OURS = ("ours-none", "ours", "ours-fixed", "ours-redis", "ours-redis-fixed")
+OURS = ("ours-none", "ours-before", "ours", "ours-fixed", "ours-redis", "ours-redis-fixed")
 LIMITED = ("ours", "ours-fixed", "ours-redis", "ours-redis-fixed")
 FLEET_ONLY = ("ours-redis", "ours-redis-fixed")
+#: The variants of the README's table, on every workload (the Redis ones on the fleet too).
+DEFAULT_VARIANTS = (*RIVALS, "ours-before", "ours", "ours-fixed")
 
 
 def label(workload: str, variant: str) -> str:
@@ -104,20 +154,41 @@ def label(workload: str, variant: str) -> str:
     return VARIANTS[variant]
 
 
-def targets(workload: str, variant: str) -> str:
-    """The issue's targets for a row, ``;``-separated ``metric op limit``."""
+#: A workload's kin among those from before #18, whose targets it shares.
+BASE = {"t64-unstated": "t64", "t16-unstated": "t16", "aio100": "aio"}
+
+
+def targets(workload: str, variant: str, rate: float = 200.0) -> str:
+    """The issues' targets for a row, ``;``-separated ``metric op limit``.
+
+    The default (``ours``) on a server that states its limit: #18's, at any R (goodput >= 0.98
+    R, <= 1.02 attempts per success with the cold start, nothing failed; the fleet's Jain >=
+    0.98; aio settled within 1 s, the loop never held over 10 ms by the limiter), and at R = 200
+    the p99 bounds from before #18. Every other limited row, and the default on a server that
+    does not state it: the targets from before #18 (p99 bounds at R = 200 only: they were set
+    there). The baseline (``ours-before``): none; ``ours-none``: "ahead of every rival" only."""
+    base = BASE.get(workload, workload)
+    stated = WORKLOADS[workload][4] != "unstated"
     found = []
-    if variant in LIMITED and workload in {"t64", "t16", "aio", "pushback"}:
+    if variant == "ours" and stated:
+        found = ["goodput >= 0.98", "attempts_per_success <= 1.02", "failed == 0"]
+        if base == "fleet":
+            found.append("jain >= 0.98")
+        if base == "aio":
+            found += ["settled_s <= 1", "limiter_block_ms <= 10"]
+        if base in P99_REFERENCE_MS and rate == 200.0:  # the bounds from before #18 still hold
+            found.append(f"p99_ms <= {P99_REFERENCE_MS[base]:g}")
+    elif variant in LIMITED and base in {"t64", "t16", "aio", "pushback"}:
         found = ["goodput >= 0.98", "attempts_per_success <= 1.03", "failed == 0"]
-        if workload in P99_REFERENCE_MS:
-            found.append(f"p99_ms <= {P99_REFERENCE_MS[workload]:g}")
-        if workload == "aio":
+        if base in P99_REFERENCE_MS and rate == 200.0:  # the R they were set at
+            found.append(f"p99_ms <= {P99_REFERENCE_MS[base]:g}")
+        if base == "aio":
             found.append("limiter_block_ms <= 10")
-    elif workload == "fleet" and variant in FLEET_ONLY:
+    elif base == "fleet" and variant in FLEET_ONLY:
         found = ["goodput >= 0.98", "attempts_per_success <= 1.02", "jain >= 0.98", "failed == 0"]
-    elif workload == "fleet" and variant == "ours":
+    elif base == "fleet" and variant == "ours":
         found = ["goodput >= 0.98", "attempts_per_success <= 1.03", "jain >= 0.96"]
-    if variant in OURS:
+    if variant in OURS and variant != "ours-before":
         found.append("ahead of every rival")
     return "; ".join(found)
 
@@ -149,12 +220,22 @@ def rate_limit(spec: dict[str, Any]) -> Any:
     return ...
 
 
+def install_before(spec: dict[str, Any]) -> None:
+    """For ``ours-before``: this process's limiter is the pre-#18 one (the default limit, paced
+    by `old_limiter.LocalBucket`)."""
+    if spec["variant"] == "ours-before":
+        from . import old_limiter  # noqa: PLC0415
+
+        old_limiter.install()
+
+
 def sync_caller(spec: dict[str, Any]) -> tuple[Callable[[Any], Any], grpc.Channel]:
     """``call(request)`` for one variant, and the channel under it (to wait until ready)."""
     from clarifai_interceptor import insecure_channel  # noqa: PLC0415
 
     variant, tag = spec["variant"], ((TAG, spec["tag"]),)
     if variant.startswith("ours"):
+        install_before(spec)
         limit = rate_limit(spec)
         kwargs = {} if limit is ... else {"rate_limit": limit}
         channel = insecure_channel(spec["target"], v.CREDENTIALS, **kwargs)
@@ -187,6 +268,7 @@ def aio_caller(spec: dict[str, Any]) -> tuple[Callable[[Any], Any], Any]:
     if variant.startswith("ours"):
         import clarifai_interceptor.aio as cia  # noqa: PLC0415
 
+        install_before(spec)
         limit = rate_limit(spec)
         kwargs = {} if limit is ... else {"rate_limit": limit}
         channel = cia.insecure_channel(spec["target"], v.CREDENTIALS, **kwargs)
@@ -277,15 +359,19 @@ def _failure(exc: grpc.RpcError) -> str:
 class Sampler(threading.Thread):
     """Every SLICE seconds: the rate of this process's limiter buckets (None while dormant)."""
 
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, variant: str = "") -> None:
         super().__init__(daemon=True)
+        self.variant = variant
         self.start_time = start
         self.rates: list[tuple[float, float | None]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
         try:
-            from clarifai_interceptor._limiter import buckets  # noqa: PLC0415
+            if self.variant == "ours-before":
+                from .old_limiter import buckets  # noqa: PLC0415
+            else:
+                from clarifai_interceptor._limiter import buckets  # noqa: PLC0415
         except ImportError:
             return
         while not self.stop.wait(SLICE):
@@ -313,7 +399,7 @@ def run_threads(spec: dict[str, Any], record: Record) -> tuple[float, dict[str, 
     spec["_cpu"] = time.process_time()
     start = time.perf_counter()
     end = start + spec["duration"]
-    sampler = Sampler(start)
+    sampler = Sampler(start, spec["variant"])
     sampler.start()
     spec["_sampler"] = sampler
     if spec["kind"] == "open":
@@ -366,12 +452,12 @@ def run_aio(spec: dict[str, Any], record: Record) -> tuple[float, dict[str, floa
         spec["_cpu"] = time.process_time()
         start = time.perf_counter()
         end = start + spec["duration"]
-        sampler = Sampler(start)
+        sampler = Sampler(start, spec["variant"])
         sampler.start()
         spec["_sampler"] = sampler
         lags: list[float] = []
         running = True
-        longest = _time_callbacks()
+        longest = _time_callbacks(spec["variant"])
 
         async def ticker() -> None:
             while running:
@@ -412,9 +498,10 @@ def run_aio(spec: dict[str, Any], record: Record) -> tuple[float, dict[str, floa
     return asyncio.run(main())
 
 
-def _time_callbacks() -> list[float]:
+def _time_callbacks(variant: str = "") -> list[float]:
     """From now on, time every callback the event loop runs: [the longest, the most time spent
-    in the limiter's code (``LocalBucket.acquire``, ``feedback``) within one, in seconds]. A
+    in the limiter's code (``LocalBucket.acquire``, ``feedback``; the old one's for
+    ``ours-before``) within one, in seconds]. A
     callback running long is the loop blocked; a ticker's lateness also counts a loop that is
     merely busy running many short ones."""
     found = [0.0, 0.0]
@@ -431,18 +518,23 @@ def _time_callbacks() -> list[float]:
 
     asyncio.events.Handle._run = timed  # type: ignore[method-assign]
     try:
-        from clarifai_interceptor._limiter import LocalBucket  # noqa: PLC0415
+        if variant == "ours-before":
+            from .old_limiter import LocalBucket  # noqa: PLC0415
+        else:
+            from clarifai_interceptor._limiter import LocalBucket  # noqa: PLC0415
     except ImportError:
         return found
     for name in ("acquire", "feedback"):
-        method = getattr(LocalBucket, name)
+        method = getattr(LocalBucket, name, None)
+        if method is None:
+            continue
 
-        def in_limiter(self: Any, *args: Any, _method: Any = method) -> Any:
+        def in_limiter(self: Any, *args: Any, _method: Any = method, **kwargs: Any) -> Any:
             if threading.get_ident() != loop_thread:  # the sampler's thread: not the loop
-                return _method(self, *args)
+                return _method(self, *args, **kwargs)
             begin = time.perf_counter()
             try:
-                return _method(self, *args)
+                return _method(self, *args, **kwargs)
             finally:
                 spent[0] += time.perf_counter() - begin
 
@@ -458,6 +550,12 @@ def worker(spec: dict[str, Any]) -> None:
     else:
         start, lag = run_threads(spec, record)
     cpu = time.process_time() - spec["_cpu"]
+    if spec["variant"] == "ours-before":
+        from .old_limiter import made  # noqa: PLC0415
+
+        if not made():  # the package's limiter ran, not the old one: no row at all
+            print("the pre-#18 limiter was never asked for a bucket", file=sys.stderr)
+            os._exit(1)
     calls = list(record.calls)
     duration = spec["duration"]
     ok = [(b - start, e - start) for b, e, outcome in calls if not outcome]
@@ -571,8 +669,16 @@ def run_cell(
 ) -> dict[str, Any]:
     """One workload under one variant: fresh client processes against a refilled bucket."""
     _, kind, processes, concurrency, mode = WORKLOADS[workload]
-    server.configure(rate=RATE, burst=BURST, work_ms=WORK_MS, mode=mode)
-    client_rate = RATE / processes
+    rate = settings.rate
+    stated = settings.stated and mode != "unstated"
+    server.configure(
+        rate=rate,
+        burst=settings.burst,
+        work_ms=WORK_MS,
+        mode="pushback" if mode == "pushback" else "body",
+        stated=stated,
+    )
+    client_rate = rate / processes
     procs = []
     for i in range(processes):
         spec = {
@@ -583,7 +689,7 @@ def run_cell(
             "duration": settings.duration,
             "drain": settings.drain,
             "tag": f"{tag}-p{i}",
-            "server_rate": RATE,
+            "server_rate": rate,
             "client_rate": client_rate,
             "prefix": f"bench:{tag}:",
             **extra,
@@ -627,7 +733,25 @@ def run_cell(
 def goodput(successes: int, settings: Settings) -> float:
     """Successes per second inside the window after its first slice, as a fraction of R: the
     bucket's initial burst lands in that slice, so 1.0 is all that the server admits."""
-    return successes / (settings.duration - SLICE) / RATE
+    return successes / (settings.duration - SLICE) / settings.rate
+
+
+def settled(series: list[int], settings: Settings, tolerance: float = 0.1) -> float:
+    """When the successes settled at R: the first time from which every 1 s window of the
+    offered load holds R within ``tolerance`` (in 0.25 s steps; the server's initial burst lands
+    in the first slice); infinite if they never did."""
+    per = round(1.0 / SLICE)
+    end = min(len(series), int(settings.duration / SLICE))
+    ok = [
+        abs(sum(series[k : k + per]) - settings.rate) <= tolerance * settings.rate
+        for k in range(end - per + 1)
+    ]
+    if not ok or not ok[-1]:
+        return math.inf
+    k = len(ok)
+    while k > 0 and ok[k - 1]:
+        k -= 1
+    return k * SLICE
 
 
 def summarize(
@@ -666,6 +790,8 @@ def summarize(
         "throttled_per_s": sum(c["throttled"] for c in mine.values())
         / (settings.duration + settings.drain),
     }
+    total = [sum(n) for n in zip(*(r["series"] for r in results), strict=True)]
+    metrics["settled_s"] = settled(total, settings)
     if len(results) > 1:
         metrics["jain"] = jain(goodputs)
     for key in results[0]["loop"]:
@@ -696,7 +822,9 @@ def _median(values: list[float]) -> float:
     return statistics.median(finite) if finite else math.nan
 
 
-def rows_of(cells: list[dict[str, Any]], workloads: list[str], variants: dict) -> list[dict]:
+def rows_of(
+    cells: list[dict[str, Any]], workloads: list[str], variants: dict, rate: float = 200.0
+) -> list[dict]:
     """One row per workload and variant: medians over its rounds, then the targets judged."""
     rows = []
     for workload in workloads:
@@ -716,15 +844,15 @@ def rows_of(cells: list[dict[str, Any]], workloads: list[str], variants: dict) -
                 }
             )
     for row in rows:
-        judge(row, [r for r in rows if r["workload"] == row["workload"]])
+        judge(row, [r for r in rows if r["workload"] == row["workload"]], rate)
     return rows
 
 
-def judge(row: dict[str, Any], same_workload: list[dict[str, Any]]) -> None:
+def judge(row: dict[str, Any], same_workload: list[dict[str, Any]], rate: float = 200.0) -> None:
     """Add the row's targets, met or not."""
     m = row["metrics"]
     row["targets"] = []
-    for target in filter(None, targets(row["workload"], row["variant"]).split("; ")):
+    for target in filter(None, targets(row["workload"], row["variant"], rate).split("; ")):
         if target == "ahead of every rival":
             rivals = [r["metrics"] for r in same_workload if r["variant"] in RIVALS]
             # at equal or better goodput: within 0.01 R, the rounds' noise at R = 200/s; a
@@ -747,42 +875,61 @@ def judge(row: dict[str, Any], same_workload: list[dict[str, Any]]) -> None:
         row["targets"].append({"target": target, "value": value, "met": bool(met)})
 
 
-def plan(redis: bool) -> dict[str, list[str]]:
-    """The variants of each workload."""
-    base = [*RIVALS, "ours-none", "ours", "ours-fixed"]
-    return {w: [*base, *(FLEET_ONLY if w == "fleet" and redis else ())] for w in WORKLOADS}
+def plan(redis: bool, chosen: tuple[str, ...] = DEFAULT_VARIANTS) -> dict[str, list[str]]:
+    """The variants of each workload: ``chosen``, in the order of `VARIANTS`, and on the
+    fleet the Redis ones too (if ``redis``)."""
+    base = [x for x in VARIANTS if x in chosen and x not in FLEET_ONLY]
+    shared = [x for x in FLEET_ONLY if redis and (x in chosen or chosen == DEFAULT_VARIANTS)]
+    return {w: [*base, *(shared if BASE.get(w, w) == "fleet" else ())] for w in WORKLOADS}
 
 
-def run(settings: Settings, workloads: list[str], redis_url: str | None, quick: bool) -> dict:
+def run(
+    settings: Settings,
+    workloads: list[str],
+    redis_url: str | None,
+    quick: bool,
+    chosen: tuple[str, ...] = DEFAULT_VARIANTS,
+    scenario: str = "",
+) -> dict:
     started = time.perf_counter()
     described = machine()
-    variants = plan(redis_url is not None)
+    variants = plan(redis_url is not None, chosen)
     cells = []
     with ThrottleServer() as server:
         for r in range(settings.rounds):
             for workload in workloads:
                 names = variants[workload]
                 for variant in names[r % len(names) :] + names[: r % len(names)]:
-                    print(f"round {r + 1}: {workload} / {variant} ...", file=sys.stderr, flush=True)
+                    print(
+                        f"R = {settings.rate:g}, round {r + 1}: {workload} / {variant} ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     cell = run_cell(
                         server,
                         settings,
                         workload,
                         variant,
-                        f"r{r}-{workload}-{variant}",
+                        f"{scenario or 'r'}{settings.rate:g}-r{r}-{workload}-{variant}",
                         redis=redis_url,
                     )
                     cell["round"] = r
                     cells.append(cell)
     return {
+        "scenario": scenario,
         "machine": described,
         "quick": quick,
-        "settings": {**asdict(settings), "rate": RATE, "burst": BURST, "work_ms": WORK_MS},
+        "settings": {**asdict(settings), "work_ms": WORK_MS},
         "seconds": time.perf_counter() - started,
         "redis": redis_url is not None,
-        "rows": rows_of(cells, workloads, variants),
+        "rows": rows_of(cells, workloads, variants, settings.rate),
         "cells": cells,
     }
+
+
+def scenarios_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scenarios' results of a run (a JSON of one scenario, from before #18, is one)."""
+    return result.get("scenarios", [result])
 
 
 def _fmt(value: float, pattern: str) -> str:
@@ -794,23 +941,44 @@ def _fmt(value: float, pattern: str) -> str:
 
 
 def render(result: dict[str, Any]) -> str:
-    """The rows as a Markdown table, with the machine and settings it ran on."""
+    """Each scenario's rows as a Markdown table, with the machine and settings it ran on."""
+    command = result.get("command")
+    return "\n\n".join(render_one(one, command) for one in scenarios_of(result))
+
+
+def render_one(result: dict[str, Any], command: str | None = None) -> str:
+    """One scenario's rows as a Markdown table, with the machine and settings it ran on."""
     m, s = result["machine"], result["settings"]
     versions = ", ".join(f"{name} {version}" for name, version in m["versions"].items() if version)
+    if command is None:
+        command = f"python -m benchmarks.throttle{' --quick' if result['quick'] else ''}"
+    scenario = SCENARIOS.get(result.get("scenario") or "")
+    title = f"R = {s['rate']:g}/s" + (
+        f" ({scenario.title})" if scenario and scenario.rate == s["rate"] else ""
+    )
+    stated = (
+        "Throttles state the limit as Clarifai's do (`exceeded limit of"
+        f" {s['rate']:g} requests per second`), except in the rows whose limit is not stated."
+        if s.get("stated", True)
+        else "No throttle states the limit (`--unstated`)."
+    )
     lines = [
+        f"**{title}**",
+        "",
         (
-            f"`python -m benchmarks.throttle{' --quick' if result['quick'] else ''}` on"
+            f"`{command}` on"
             f" {m['date']}, {result['seconds']:.0f} s: {m['cpu']}, {m['cores']} cores, load"
             f" {m.get('load', '?')}, Python {m['python']}; {versions}. R = {s['rate']:g}/s,"
             f" burst {s['burst']:g}, {s['work_ms']:g} ms per accepted call; {s['duration']:g} s"
             f" per cell (+ up to {s['drain']:g} s to drain), medians of {s['rounds']} rounds."
+            f" {stated}"
         ),
         "",
         (
             "Goodput: successes per second inside the window after its first 0.25 s (where the"
             " server's initial burst lands), over R. Attempts: the server's"
             " count per success. CPU: the client processes' per success. Server: its CPU, as a"
-            " share of one core."
+            " share of one core. Settled: from when on every 1 s of successes held R within 10%."
         ),
         "",
         (
@@ -825,6 +993,7 @@ def render(result: dict[str, Any]) -> str:
         if "jain" in x:
             other.append(f"Jain {x['jain']:.3f}")
         if "loop_lag_ms" in x:
+            other.append(f"settled in {_fmt(x.get('settled_s', math.nan), '{:.2f} s')}")
             other.append(
                 f"loop late by {x['loop_lag_ms']:.0f} ms at worst (p99"
                 f" {x.get('loop_lag_p99_ms', math.nan):.0f} ms), longest callback"
@@ -846,14 +1015,25 @@ def render(result: dict[str, Any]) -> str:
         )
     met = [t["met"] for row in result["rows"] for t in row["targets"]]
     lines += ["", f"Targets: {sum(met)} met, {len(met) - sum(met)} not met."]
-    if not result.get("redis"):
+    fleet = any(BASE.get(row["workload"], row["workload"]) == "fleet" for row in result["rows"])
+    if fleet and not result.get("redis"):
         lines.append("The Redis rows did not run: `clarifai_interceptor.redis` is not importable.")
     return "\n".join(lines)
 
 
-def plot(result: dict[str, Any], path: Path, workload: str = "fleet") -> bool:
+def smooth(values: list[float], span: int) -> list[float]:
+    """The mean of each value and the ``span - 1`` before it (fewer at the start)."""
+    if span <= 1:
+        return values
+    return [statistics.fmean(values[max(0, k - span + 1) : k + 1]) for k in range(len(values))]
+
+
+def plot(
+    result: dict[str, Any], path: Path, workload: str = "fleet", rate: float | None = 15.0
+) -> bool:
     """Each process's successes per second over time, for each variant of ``workload`` (first
-    round), with the server's throttles and the limiter's own rate. False if nothing to draw."""
+    round), with the server's throttles and the limiter's own rate; of the scenario at ``rate``
+    if the run has it, else of its first with that workload. False if nothing to draw."""
     try:
         import matplotlib as mpl  # noqa: PLC0415 (the bench extra)
 
@@ -862,13 +1042,21 @@ def plot(result: dict[str, Any], path: Path, workload: str = "fleet") -> bool:
     except ImportError:
         print("note: matplotlib is not installed (pip install -e '.[bench]'); no plot")
         return False
-    cells = [c for c in result["cells"] if c["workload"] == workload and c["round"] == 0]
-    if not cells:
+    having = [
+        one
+        for one in scenarios_of(result)
+        if any(c["workload"] == workload for c in one.get("cells", []))
+    ]
+    if not having:
         return False
+    result = next((one for one in having if one["settings"]["rate"] == rate), having[0])
+    cells = [c for c in result["cells"] if c["workload"] == workload and c["round"] == 0]
     columns = 2
     rows = math.ceil(len(cells) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(12, 2.8 * rows), sharex=True, squeeze=False)
     rate, duration = result["settings"]["rate"], result["settings"]["duration"]
+    # a process's share at R = 15 is ~1 success a slice: its rate is drawn over 1 s
+    span = 1 if rate / 4 >= 4 / SLICE else round(1.0 / SLICE)
     for ax, cell in zip(axes.flat, cells, strict=False):
         processes = cell["processes"]
         share = rate / len(processes)
@@ -877,7 +1065,7 @@ def plot(result: dict[str, Any], path: Path, workload: str = "fleet") -> bool:
             t = [(k + 0.5) * SLICE for k in range(len(p["successes_per_slice"]))]
             ax.plot(
                 t,
-                [n / SLICE for n in p["successes_per_slice"]],
+                smooth([n / SLICE for n in p["successes_per_slice"]], span),
                 color=color,
                 lw=1.2,
                 label=f"process {i}: successes/s",
@@ -903,10 +1091,11 @@ def plot(result: dict[str, Any], path: Path, workload: str = "fleet") -> bool:
         ax.set_xlabel("seconds")
     for ax in list(axes.flat)[len(cells) :]:
         ax.axis("off")
+    over = f" over {span * SLICE:g} s" if span > 1 else ""
     fig.suptitle(
-        f"{WORKLOADS[workload][0]}, R = {rate:g}/s: successes/s per process (solid), its"
-        " limiter's rate (dashed; a shared one per process), throttled attempts/s (dotted,"
-        " clipped); grey: R / processes and the window's end",
+        f"{WORKLOADS[workload][0]}, R = {rate:g}/s: successes/s per process{over} (solid),"
+        " its limiter's rate (dashed; a shared one per process),\nthrottled attempts/s"
+        " (dotted, clipped); grey: R / processes and the window's end",
         fontsize=9,
     )
     fig.tight_layout()
@@ -931,24 +1120,100 @@ def dump(result: dict[str, Any]) -> str:
     return "\n".join([*lines, "}"]) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser_of() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.throttle", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--quick", action="store_true", help="one short round (about 3 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="one short round of each cell (1.5 s cells)"
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=[*SCENARIOS, "both"],
+        default="both",
+        help="clarifai: R = 15/s, burst 15, 40 s cells; 200: R = 200/s, burst 20, 10 s cells;"
+        " both (the default): one after the other",
+    )
+    parser.add_argument("--rate", type=float, help="R, attempts per second (overrides)")
+    parser.add_argument("--burst", type=float, help="the server's burst (overrides)")
+    parser.add_argument(
+        "--unstated",
+        action="store_true",
+        help="no throttle states the limit (as the server did before #18)",
+    )
     parser.add_argument("--only", help=f"comma-separated workloads: {','.join(WORKLOADS)}")
+    parser.add_argument(
+        "--variants",
+        help=f"comma-separated variants (default: {','.join(DEFAULT_VARIANTS)} and the Redis"
+        f" ones on the fleet): {','.join(VARIANTS)}",
+    )
     parser.add_argument(
         "--redis", metavar="URL", help="Redis for the Redis rows (default: start one)"
     )
     parser.add_argument("--duration", type=float, help="seconds per cell (overrides)")
+    parser.add_argument("--rounds", type=int, help="rounds of every cell (overrides)")
     parser.add_argument(
         "--out", type=Path, help="the JSON file (default: results/throttle-<time>.json)"
     )
     parser.add_argument("--no-write", action="store_true", help="write no JSON file")
-    parser.add_argument("--plot", type=Path, metavar="PATH", help="draw the fleet's traces (PNG)")
-    parser.add_argument("--readme", action="store_true", help="put the table in README.md")
+    parser.add_argument(
+        "--plot", type=Path, metavar="PATH", help="draw the fleet's traces at R = 15 (PNG)"
+    )
+    parser.add_argument("--readme", action="store_true", help="put the tables in README.md")
     parser.add_argument("--from", dest="source", type=Path, help="show a saved JSON, do not run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def runs_of(args: argparse.Namespace) -> list[tuple[str, Settings, list[str]]]:
+    """What the command line asks to run: per scenario, its settings and workloads.
+
+    Raises:
+        ValueError: A workload or variant that does not exist, or a number out of range.
+    """
+    names = list(SCENARIOS) if args.scenario == "both" else [args.scenario]
+    only = args.only.split(",") if args.only else None
+    unknown = set(only or ()) - set(WORKLOADS)
+    if unknown:
+        raise ValueError(f"unknown workloads: {', '.join(sorted(unknown))}")
+    unknown = set(variants_of(args)) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants: {', '.join(sorted(unknown))}")
+    runs = []
+    for name in names:
+        scenario = SCENARIOS[name]
+        settings = Settings(
+            duration=scenario.duration,
+            rate=scenario.rate if args.rate is None else args.rate,
+            burst=scenario.burst if args.burst is None else args.burst,
+            stated=not args.unstated,
+        )
+        if args.quick:
+            settings = replace(settings, duration=QUICK.duration, drain=QUICK.drain, rounds=1)
+        if args.duration:
+            settings = replace(settings, duration=args.duration)
+        if args.rounds:
+            settings = replace(settings, rounds=args.rounds)
+        if settings.rate <= 0 or settings.burst < 1 or settings.duration <= SLICE:
+            raise ValueError("--rate must be > 0, --burst >= 1, --duration > 0.25")
+        runs.append((name, settings, list(only or scenario.workloads)))
+    return runs
+
+
+def variants_of(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(args.variants.split(",")) if args.variants else DEFAULT_VARIANTS
+
+
+def dump_all(result: dict[str, Any]) -> str:
+    """A run of several scenarios as JSON: its own keys, then each scenario as `dump` writes."""
+    head = {k: v for k, v in result.items() if k != "scenarios"}
+    parts = [dump(one).rstrip("\n") for one in result["scenarios"]]
+    lines = ["{", *(f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items())]
+    return "\n".join([*lines, ' "scenarios": [', ",\n".join(parts), " ]", "}"]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = parser_of()
     args = parser.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))
@@ -956,24 +1221,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.source:
         result = json.loads(args.source.read_text(encoding="utf-8"))
     else:
-        workloads = args.only.split(",") if args.only else list(WORKLOADS)
-        if set(workloads) - set(WORKLOADS):
-            parser.error(f"unknown workloads: {', '.join(sorted(set(workloads) - set(WORKLOADS)))}")
-        settings = QUICK if args.quick else Settings()
-        if args.duration:
-            settings = Settings(args.duration, settings.drain, settings.rounds)
+        try:
+            runs = runs_of(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        shown = sys.argv[1:] if argv is None else argv
+        result = {"command": shlex.join(["python", "-m", "benchmarks.throttle", *shown])}
         available = importlib.util.find_spec("clarifai_interceptor.redis") is not None
+        fleet = any(BASE.get(w, w) == "fleet" for _n, _s, workloads in runs for w in workloads)
         with contextlib.ExitStack() as stack:
             url = args.redis
-            if url is None and available and "fleet" in workloads:
+            if url is None and available and fleet:
                 url = stack.enter_context(redis_server())
-            result = run(settings, workloads, url if available else None, args.quick)
+            result["scenarios"] = [
+                run(
+                    settings,
+                    workloads,
+                    url if available else None,
+                    args.quick,
+                    variants_of(args),
+                    name,
+                )
+                for name, settings, workloads in runs
+            ]
         if not args.no_write:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             out = args.out or HERE / "results" / f"throttle-{stamp}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             # the rows one a line, the cells' traces (most of the file) one cell a line
-            out.write_text(dump(result), encoding="utf-8")
+            out.write_text(dump_all(result), encoding="utf-8")
             print(f"wrote {out}", file=sys.stderr)
     table = render(result)
     print(table)

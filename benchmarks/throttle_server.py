@@ -7,13 +7,16 @@ prints its port, then serves until its standard input closes.
 tokens, full at start): an admitted attempt sleeps ``work_ms`` (a wait, not CPU) and succeeds;
 any other is answered at once, either with gRPC OK and body status ``CONN_THROTTLED`` (mode
 ``body``, as Clarifai does) or with gRPC ``UNAVAILABLE`` and trailing metadata
-``grpc-retry-pushback-ms``: the milliseconds until the next token (mode ``pushback``).
+``grpc-retry-pushback-ms``: the milliseconds until the next token (mode ``pushback``). In mode
+``body`` the status states the limit as Clarifai does when ``stated`` is true (the default):
+description ``Making too many requests``, details ``exceeded limit of N requests per second``
+with N the configured rate; with ``stated`` false its details name no limit.
 
 Every attempt is counted under its ``x-bench-client`` metadata value (the client process's tag),
 in total and per ``SLICE`` seconds of wall-clock time (``time.time() // SLICE``), so the harness
 can draw each process's rate over time. ``/bench.Control/Configure`` takes a JSON object
-(``rate``, ``burst``, ``work_ms``, ``mode``; missing keys keep their defaults), answers the
-counts since the previous call as JSON, then resets them and refills the bucket.
+(``rate``, ``burst``, ``work_ms``, ``mode``, ``stated``; missing keys keep their defaults),
+answers the counts since the previous call as JSON, then resets them and refills the bucket.
 """
 
 from __future__ import annotations
@@ -36,11 +39,19 @@ TAG = "x-bench-client"
 OK = service_pb2.MultiOutputResponse(
     status=status_pb2.Status(code=status_code_pb2.SUCCESS)
 ).SerializeToString()
-THROTTLED = service_pb2.MultiOutputResponse(
-    status=status_pb2.Status(
-        code=status_code_pb2.CONN_THROTTLED, description="exceeded the benchmark's rate limit"
-    )
-).SerializeToString()
+
+
+def throttled(rate: float, stated: bool) -> bytes:
+    """The body of a throttled attempt: Clarifai's words, the limit stated or not."""
+    description, details = "exceeded the benchmark's rate limit", ""
+    if stated:
+        description = "Making too many requests"
+        details = f"exceeded limit of {rate:g} requests per second"
+    return service_pb2.MultiOutputResponse(
+        status=status_pb2.Status(
+            code=status_code_pb2.CONN_THROTTLED, description=description, details=details
+        )
+    ).SerializeToString()
 
 
 class Limiter:
@@ -57,6 +68,8 @@ class Limiter:
             self.burst = float(settings.get("burst", 20.0))
             self.work = float(settings.get("work_ms", 5.0)) / 1e3
             self.pushback = settings.get("mode", "body") == "pushback"
+            self.stated = bool(settings.get("stated", True))
+            self.throttled = throttled(self.rate, self.stated)
             self.tokens = self.burst
             self.last = time.monotonic()
             # tag -> {"accepted": n, "throttled": n, "series": {slice: [accepted, throttled]}}
@@ -90,7 +103,7 @@ class Limiter:
             ms = max(1, math.ceil(wait * 1e3))
             context.set_trailing_metadata((("grpc-retry-pushback-ms", str(ms)),))
             context.abort(grpc.StatusCode.UNAVAILABLE, "over the benchmark's rate limit")
-        return THROTTLED
+        return self.throttled
 
     def control(self, request: bytes, _context: grpc.ServicerContext) -> bytes:
         return json.dumps(self.configure(json.loads(request or b"{}"))).encode()
