@@ -31,6 +31,7 @@ from clarifai_interceptor import (
     CallOutcome,
     ClarifaiInterceptor,
     Credentials,
+    QuotaExceededError,
     RateLimit,
     RateLimitedError,
     RetryPolicy,
@@ -823,3 +824,79 @@ async def test_call_outcome_of_an_aio_response_stream(fake: FakeClarifai) -> Non
             pass
         kept = await stream._interceptors_task  # what grpc.aio hands on: our kept attempt
         assert call_outcome(kept).attempts == 2
+
+
+# -- quotas and stated limits through real calls ----------------------------------------------
+
+
+def quota_reply() -> service_pb2.MultiModelResponse:
+    response = service_pb2.MultiModelResponse()
+    response.status.code = sc.CONN_EXCEED_HOURLY_LIMIT
+    response.status.description = "hourly limit exceeded"
+    return response
+
+
+def test_a_quota_status_makes_later_calls_fail_fast_without_reaching_the_server(
+    fake: FakeClarifai,
+) -> None:
+    _limiter._reset()
+    fake.script(METHOD, Reply(quota_reply()))
+    for name, channel in sync_channels(fake, retry=FAST):
+        stub = service_pb2_grpc.V2Stub(channel)
+        if name == "interceptor":
+            answer = stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+            assert answer.status.code == sc.CONN_EXCEED_HOURLY_LIMIT  # never retried
+        with pytest.raises(QuotaExceededError) as caught:
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        error = caught.value
+        assert isinstance(error, grpc.RpcError)
+        assert error.code() == EXHAUSTED
+        assert "CONN_EXCEED_HOURLY_LIMIT" in error.details()
+        assert "next probe" in error.details()
+        assert call_outcome(error).attempts == 0
+        channel.close()
+    assert len(fake.calls_to(METHOD)) == 1  # only the call that got the quota status
+
+
+@pytest.mark.asyncio
+async def test_aio_quota_fails_fast_and_a_probe_success_lifts_it(fake: FakeClarifai) -> None:
+    _limiter._reset()
+    fake.script(METHOD, Reply(quota_reply()))
+    limit = RateLimit(quota_probe=0.2)
+    async with cia.insecure_channel(
+        fake.target, PAT_CREDS, retry=FAST, rate_limit=limit
+    ) as channel:
+        stub = service_pb2_grpc.V2Stub(channel)
+        first = await stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        assert first.status.code == sc.CONN_EXCEED_HOURLY_LIMIT
+        with pytest.raises(QuotaExceededError):
+            await stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        await asyncio.sleep(0.25)  # the probe's turn: it succeeds (the fake's default)
+        probe = await stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        assert probe.status.code == sc.SUCCESS
+        again = await stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        assert again.status.code == sc.SUCCESS
+    assert len(fake.calls_to(METHOD)) == 3
+
+
+def test_a_stated_limit_paces_every_later_call(fake: FakeClarifai) -> None:
+    """A throttle stating 20 requests/s: 10 calls after it take about half a second."""
+    _limiter._reset()
+    limited = throttled()
+    limited.status.description = "Making too many requests"
+    limited.status.details = "exceeded limit of 20 requests per second"
+    fake.script(METHOD, Reply(limited))
+    channel = insecure_channel(fake.target, PAT_CREDS, retry=FAST)
+    try:
+        stub = service_pb2_grpc.V2Stub(channel)
+        stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)  # throttled, then retried
+        started = time.monotonic()
+        for _ in range(10):
+            stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
+        took = time.monotonic() - started
+    finally:
+        channel.close()
+    assert took >= 9 / 20 * 0.9  # paced at 20/s (a lower bound: a slow machine only adds)
+    assert (
+        bucket_of(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret.reveal(), fake.target).rate() == 20
+    )
