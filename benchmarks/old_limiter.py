@@ -11,8 +11,9 @@ What changed from the original, and only this:
 * It reads its settings from `OLD_DEFAULT`, the pre-#18 default ``RateLimit()`` (adaptive,
   burst 1, ``min_rate`` 0.5/s, ``initial_rate`` 15/s) frozen here, whatever limit the channel
   asks for: the rewrite may change ``RateLimit``'s fields or defaults.
-* It speaks the post-#18 `Bucket` protocol: ``feedback(permit, throttled, stated=None)`` (and
-  ``feedback_async``) accept the limit the server stated, and ignore it; ``acquire`` (and
+* It speaks the post-#18 `Bucket` protocol: ``feedback(permit, signal)`` (and
+  ``feedback_async``) take a ``Signal`` and read only its ``throttled`` (a quota counts as
+  neither: the old limiter knew no quotas); ``acquire`` (and
   ``acquire_async``) accept and ignore any further argument (the new code may ask for a quota
   refusal: this bucket never refuses on quota, only past ``max_wait``, with None).
 * Identity, the store (Redis) and the package's registry are gone: `install` replaces the
@@ -281,12 +282,8 @@ class LocalBucket:
         self._count_send(now)
         return Permit(at - now, self._round, at)
 
-    def feedback(
-        self,
-        permit: Permit,
-        throttled: bool,
-        stated: object = None,  # noqa: ARG002 (the post-#18 protocol's: ignored)
-    ) -> None:
+    def feedback(self, permit: Permit, signal: Any) -> None:
+        throttled = bool(signal.throttled)  # a Signal: the stated limit and quota are ignored
         if not throttled and not self.learning:
             return  # dormant (or fixed): successes teach nothing, and take no lock
         if not self.limit.adaptive:
@@ -410,13 +407,8 @@ class LocalBucket:
     ) -> Permit | None:
         return self.acquire(not_before, max_wait)
 
-    async def feedback_async(
-        self,
-        permit: Permit,
-        throttled: bool,
-        stated: object = None,  # noqa: ARG002 (ignored)
-    ) -> None:
-        self.feedback(permit, throttled)
+    async def feedback_async(self, permit: Permit, signal: Any) -> None:
+        self.feedback(permit, signal)
 
     async def recheck_async(self, permit: Permit, max_wait: float | None) -> Permit:
         return self.recheck(permit, max_wait)

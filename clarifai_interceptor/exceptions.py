@@ -101,7 +101,11 @@ class RateLimitedError(EndedCall):
 
     def details(self) -> str:
         bound = "" if self._wait is None else f" within {self._wait:.3f} s"
-        return f"the client-side rate limiter refused the call: no permit{bound} (nothing sent)"
+        return (
+            f"the client-side rate limiter refused the call: no permit{bound} (nothing sent); "
+            "more callers wait than the limit serves in that time: lower concurrency to at most "
+            "rate x max_wait, or raise RateLimit.max_wait"
+        )
 
 
 class QuotaExceededError(EndedCall):
