@@ -13,15 +13,17 @@ shared store holds the state and runs the schedule atomically, nothing else):
 * Fixed (``per_second``): that rate from the first call, whatever the server says.
 * Stated: Clarifai's throttle says its limit ("exceeded limit of 15 requests per second"):
   pace at it from then on. If throttles go on at it (another consumer shares the quota, or a
-  fleet shares it without a shared store), cut below it to the rate this bucket was delivered
-  (never below half at once), then rise again by ``RISE`` a step, never above the limit.
+  fleet shares it without a shared store), cut by ``BETA`` (once a round), then, paced with no
+  throttle for ``RISE_EVERY`` seconds, rise by ``RISE`` times the limit, never above it:
+  additive increase, multiplicative decrease, so a fleet's processes converge on equal shares.
 * Learnt: a server that states nothing starts the rate at ``initial_rate``, doubling every
-  ``STEP`` seconds until a throttle, then cuts and rises as above with no ceiling.
+  ``STEP`` seconds until a throttle (a cut to the share that got through), then cuts and rises
+  as above, by ``RISE`` times itself, with no ceiling.
 
-Adaptive buckets are dormant (one method call, no lock) until the first throttle. A rate
-change is a new round: throttles of attempts sent in an older round are answered already, and
-a permit of an older round whose rate fell is given a new slot at the end of its wait
-(`recheck`). A permit never used goes back if nothing was booked after it (`release`).
+Adaptive buckets are dormant (one method call, no lock) until the first throttle. A cut is a
+new round: throttles of attempts sent in an older round are answered already, and a permit of
+an older round whose rate fell is given a new slot at the end of its wait (`recheck`). A
+permit never used goes back when no permit after it is held (`release`).
 
 After a quota status (`QUOTA_STATUSES`), the bucket refuses every permit with a `Quota` and lets
 one probe through every ``quota_probe`` seconds, until an attempt succeeds.
@@ -61,13 +63,16 @@ __all__ = [
 
 #: A learnt rate doubles every STEP seconds until its first cut.
 STEP = 1.0
-#: Attempts of a round a cut waits for: it cuts to the share of them that got through.
+#: Attempts of a round back (throttled or not) before it may cut: one cut a round.
 SAMPLE = 4
-#: How far below that share a cut goes (room for the server's bucket to refill)...
+#: A cut multiplies the rate by BETA: the same factor for every process of a fleet, so that
+#: with equal rises their shares converge (a cut by each one's own share of successes favoured
+#: the process whose slots happened to land just after the server's refill).
+BETA = 0.8
+#: A learnt rate's first cut goes to the share of its attempts that got through, less DIP
+#: (room for the server's bucket to refill), if that is deeper: doubling, it offered more than
+#: the server gave, so that share measures the server.
 DIP = 0.05
-#: ...and the most it takes at once: a process's share is not the fleet's, and a deeper cut
-#: for those who got less would starve them (equal cuts, equal rises: equal shares).
-BETA = 0.7
 #: A rate paced (some permit waited) with no throttle for RISE_EVERY seconds rises by RISE
 #: times the stated limit (additive, so that a fleet's processes converge on equal shares), or,
 #: with no limit stated, by RISE times itself.
@@ -142,8 +147,10 @@ class Rules:
             return changed._replace(rate=self.limit.initial_rate, rising=1)
         if ok + throttled < SAMPLE:
             return None  # too few of this round's attempts back to say how far to cut
-        share = ok / (ok + throttled) * (1.0 - DIP)
-        cut = self.rate(state, now) * max(BETA, share)
+        cut = BETA
+        if state.rising:
+            cut = max(BETA * BETA, min(BETA, ok / (ok + throttled) * (1.0 - DIP)))
+        cut *= self.rate(state, now)
         return changed._replace(rate=max(self.limit.min_rate, cut))
 
     def rises(self, state: State, now: float) -> State | None:
