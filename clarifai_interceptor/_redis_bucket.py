@@ -39,12 +39,12 @@ end
 local f = redis.call('HMGET', key, 'n', 'r', 's', 'g', 'c', 'q', 'p', 't', 'w')
 local n, r = tonumber(f[1]) or 0, tonumber(f[2]) or 0
 local s, g = tonumber(f[3]) or 0, tonumber(f[4]) or 0
-local c, q, p = tonumber(f[5]) or now, tonumber(f[6]) or 0, tonumber(f[7]) or 0
+local c, q, p = tonumber(f[5]) or 0, tonumber(f[6]) or 0, tonumber(f[7]) or 0
 local t, w = tonumber(f[8]) or now, tonumber(f[9]) or now
 if w > now then  -- the clock stepped back since: so does every time kept
     t, c, p = t - (w - now), c - (w - now), p - (w - now)
 end
-if not (c <= now) then c = now end
+if not (c >= 0 and c <= now) then c = now end  -- compared as text by a change: keep it sane
 -- A round or quota status that is not a whole number >= 0 (NaN, inf, a co-tenant's): none, as
 -- the bucket reads it (else no round would ever match, or no success would lift the quota).
 if not (n >= 0 and n < math.huge and n == math.floor(n)) then n = 0 end

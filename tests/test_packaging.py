@@ -92,7 +92,7 @@ def test_wheel_holds_the_package_and_its_licence_only(wheel: zipfile.ZipFile) ->
     names = set(wheel.namelist())
     package = {name for name in names if name.startswith(f"{NAME}/")}
     # The Redis store's Lua script is package data: RedisStore loads it from the package.
-    assert package == sources(NAME, "*.py") | sources(NAME, "*.lua") | {f"{NAME}/py.typed"}
+    assert package == sources(NAME, "*.py") | {f"{NAME}/py.typed"}
     info = f"{NAME}-{VERSION}.dist-info/"
     assert names - package == {
         info + "METADATA",

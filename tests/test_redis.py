@@ -9,6 +9,7 @@ or a fake clock handed to the scripts (the bucket's ``_clock``); time bounds onl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import multiprocessing
@@ -290,7 +291,7 @@ def test_a_stated_limit_is_shared_by_the_fleet(
     mixed = [(one if n % 3 else two).acquire(0.0, None) for n in range(12)]
     assert two.rate() == 15
     step = 1 / 15
-    start = 0.0 if adaptive else step  # a fixed rate's first permit took the first slot
+    start = step  # the first slot taken (fixed), or one interval after the throttle
     assert _waits(mixed) == pytest.approx([start + n * step for n in range(12)], abs=1e-6)
     assert {p.round for p in mixed} == {1 if adaptive else 0}  # type: ignore[union-attr]
     assert two.acquire(0.0, 0.5) is None  # the queue is ~0.87 s long: refused
@@ -307,7 +308,7 @@ def test_a_stated_limit_in_one_process_wakes_a_dormant_one(
     one.feedback(GO, STATED)
     permits = [two.acquire(0.0, None) for _ in range(5)]
     assert all(isinstance(p, Permit) and p.round == 1 and p.rate == 15 for p in permits)
-    assert _waits(permits)[-1] == pytest.approx(4 / 15, abs=0.05)
+    assert _waits(permits)[-1] == pytest.approx(5 / 15, abs=0.05)  # from one interval on
 
 
 def test_an_exhausted_quota_is_shared_by_the_fleet(make_store: Callable[..., RedisStore]) -> None:
@@ -383,16 +384,17 @@ def test_a_cut_elsewhere_lays_out_the_waiters_of_another_process_anew(
     one = _clocked(make_store(), "r" * 32, RateLimit(), clock)
     two = _clocked(make_store(), "r" * 32, RateLimit(), clock)
     one.feedback(GO, Signal(throttled=True, stated=100.0))
-    waiting = [two.acquire(0.0, None) for _ in range(10)]  # 10 ms apart
+    waiting = [two.acquire(0.0, None) for _ in range(10)]  # 10 ms apart, from 10 ms on
     last = waiting[-1]
     assert isinstance(last, Permit)
-    assert last.wait == pytest.approx(0.09)
+    assert last.wait == pytest.approx(0.1)
     one.feedback(Permit(0.0, 1), Signal(throttled=True, stated=10.0))  # another limit: round 2
     clock.now = last.at
     assert two.recheck(last, None) is last  # two has not seen it yet: no round trip
-    now = two.acquire(0.0, 0.0)  # any reply tells it: the slower rate laid the queue anew
+    now = two.acquire(0.0, None)  # any reply tells it: the slower rate laid the queue anew
     assert isinstance(now, Permit)
-    assert (now.round, now.wait) == (2, 0.0)
+    assert now.round == 2
+    assert now.wait == pytest.approx(0.0, abs=1e-6)  # the new schedule's first slot, due
     again = two.recheck(last, None)
     assert again is not last
     assert again.round == 2
@@ -509,7 +511,7 @@ def test_a_fallback_bucket_adopts_the_pace_last_seen(own_server: RedisServer) ->
     own_server.kill()
     permits = [bucket.acquire(0.0, None) for _ in range(4)]
     assert store.fallbacks == 4
-    assert _waits(permits) == pytest.approx([0, 1 / 15, 2 / 15, 3 / 15], abs=0.03)
+    assert _waits(permits) == pytest.approx([1 / 15, 2 / 15, 3 / 15, 4 / 15], abs=0.03)
     assert bucket.local.rate() == 15
     store.close()
     other.close()
@@ -979,8 +981,11 @@ def _shares_one_limit(one: RedisStore, two: RedisStore) -> None:
     first, second = one.bucket("k" * 32, limit), two.bucket("k" * 32, limit)
     assert first.acquire(0.0, None) == GO
     first.feedback(GO, STATED)
-    waits = _waits([second.acquire(0.0, None) for _ in range(4)])
-    assert waits == pytest.approx([0, 1 / 15, 2 / 15, 3 / 15], abs=0.05)
+    permits = [second.acquire(0.0, None) for _ in range(4)]
+    assert all(isinstance(p, Permit) for p in permits)
+    slots = [p.at for p in permits]  # type: ignore[union-attr]
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert gaps == pytest.approx([1 / 15] * 3, abs=1e-6)  # one schedule at the stated 15/s
     assert one.fallbacks == two.fallbacks == 0
 
 
