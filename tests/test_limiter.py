@@ -433,6 +433,11 @@ def simulate(
         ("per_second", float("inf")),
         ("per_second", True),
         ("per_second", "15"),
+        ("per_second", 1e-300),  # its interval overflowed timers (OverflowError)
+        ("per_second", 1e300),
+        ("max_wait", 1e300),
+        ("quota_probe", 0),
+        ("quota_probe", float("inf")),
         ("burst", 0.5),
         ("burst", float("inf")),
         ("max_wait", -0.1),
@@ -894,3 +899,53 @@ def test_a_stated_limit_paces_every_later_call(fake: FakeClarifai) -> None:
     assert (
         bucket_of(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret.reveal(), fake.target).rate() == 20
     )
+
+
+# -- hostile values and a hostile store -------------------------------------------------------
+
+
+def test_a_far_off_timer_never_kills_the_shared_timer_thread() -> None:
+    """A wait of 1e300 s (a rate of 1e-300/s once made one) sleeps in steps: the thread lives
+    on and runs the next job."""
+    from clarifai_interceptor import _scheduler  # noqa: PLC0415
+
+    far = _scheduler.call_later(1e300, lambda: None)
+    ran = threading.Event()
+    _scheduler.call_later(0.01, ran.set)
+    assert ran.wait(T)
+    far.cancel()
+    again = threading.Event()
+    _scheduler.call_later(0.01, again.set)
+    assert again.wait(T)
+
+
+class _RaisingStore:
+    """A user's `Store` that fails."""
+
+    def bucket(self, key: str, limit: RateLimit) -> _limiter.Bucket:
+        raise RuntimeError("the store is down")
+
+
+def test_a_store_that_raises_has_no_secret_in_its_traceback_frames(fake: FakeClarifai) -> None:
+    """The channel's credentials are revealed only to hash them: no frame of the package
+    holds the plain secret when a user's `Store` raises (a caller's own header is its own
+    argument, in gRPC's frames too: not covered)."""
+    _limiter._reset()
+    limit = RateLimit(store=_RaisingStore())
+    channel = insecure_channel(fake.target, PAT_CREDS, retry=FAST, rate_limit=limit)
+    secret = PAT_CREDS.secret.reveal()
+    try:
+        with pytest.raises(RuntimeError, match="the store is down") as caught:
+            service_pb2_grpc.V2Stub(channel).ListModels(service_pb2.ListModelsRequest(), timeout=T)
+    finally:
+        channel.close()
+    tb = caught.value.__traceback__
+    frames = 0
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code is not test_a_store_that_raises_has_no_secret_in_its_traceback_frames.__code__:
+            frames += 1  # (this test's own frame holds the secret, to compare with)
+            for name, value in tb.tb_frame.f_locals.items():
+                assert secret not in repr(value), (code.co_name, name)
+        tb = tb.tb_next
+    assert frames > 2  # the walk saw the package's frames, not only the test's
