@@ -96,6 +96,12 @@ class RetryBudget:
     holds ``max_tokens / 2`` or fewer, no retries are made (first attempts always are), so under
     an outage attempts per call fall towards one.
 
+    The defaults (100 tokens, 0.2 back per success: botocore's 500-token bucket at 5 a retry
+    and 1 back, in gRFC A6's terms) let 49 retries go before the bucket stops them: one call
+    that failed all its attempts leaves the next calls their retries (gRPC's own 10 and 0.1
+    stopped every retry after one such call, until ten successes). The price: a total outage
+    costs 49 retries more (200 calls: 249 attempts, not 204) before first attempts go alone.
+
     Throttles cost nothing by default: a throttle says the request was not processed, and it is
     the rate limiter's job, not the budget's, to slow the offered load. A budget that throttles
     drained would stop the very backoff that slows callers down.
@@ -109,8 +115,8 @@ class RetryBudget:
         ValueError: ``max_tokens`` is not positive, or another number is negative.
     """
 
-    max_tokens: float = 10.0
-    token_ratio: float = 0.1
+    max_tokens: float = 100.0
+    token_ratio: float = 0.2
     throttle_cost: float = 0.0
 
     def __post_init__(self) -> None:

@@ -286,3 +286,17 @@ def bucket_of(limit: Any, secret: str, target: str) -> Any:
     from clarifai_interceptor._limiter import bucket_for, identity  # noqa: PLC0415
 
     return bucket_for(limit, identity(secret, target, limit))
+
+
+def budgeted_attempts(budget: Any, calls: int, max_attempts: int = 5) -> int:
+    """Attempts ``calls`` calls make against a server that always fails transiently, under a
+    fresh retry ``budget`` (gRFC A6: each failure takes a token, a retry only while more than
+    half is left), with no success in between."""
+    tokens, attempts = float(budget.max_tokens), 0
+    for _ in range(calls):
+        for attempt in range(1, max_attempts + 1):
+            attempts += 1
+            tokens = max(0.0, tokens - 1.0)
+            if attempt == max_attempts or not tokens > budget.max_tokens / 2:
+                break
+    return attempts

@@ -12,6 +12,7 @@ import pytest
 from clarifai_grpc.grpc.api import service_pb2
 from clarifai_grpc.grpc.api.status import status_code_pb2 as sc
 from conftest import Judge
+from helpers import budgeted_attempts
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -73,7 +74,7 @@ def test_defaults_match_the_documented_table() -> None:
         <= policy.retryable_statuses
         == DEFAULT_RETRYABLE_STATUSES
     )
-    assert policy.budget == RetryBudget(max_tokens=10, token_ratio=0.1)
+    assert policy.budget == RetryBudget(max_tokens=100, token_ratio=0.2)
     assert NO_RETRY.max_attempts == 1
 
 
@@ -319,8 +320,8 @@ def test_budget_makes_attempts_fall_towards_one_under_an_outage() -> None:
         seen, attempt = scripted(UNAVAILABLE)
         run(Attempts(FAST, "M", None, bucket), attempt)
         total += len(seen)
-    # 10 tokens; retries stop at 5 or fewer: each call's first failure takes one token.
-    assert 200 < total <= 200 + 5 + 4
+    # 100 tokens; retries stop at 50 or fewer: the first 10 calls retry, then none.
+    assert total == budgeted_attempts(RetryBudget(), 200, FAST.max_attempts)
 
 
 @pytest.mark.parametrize(

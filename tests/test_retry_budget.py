@@ -21,6 +21,7 @@ from helpers import (
     aio_generate,
     aio_stub,
     attempt_headers,
+    budgeted_attempts,
     list_models,
     output,
     predict_request,
@@ -30,6 +31,9 @@ from helpers import (
 
 from clarifai_interceptor import RetryBudget, RetryPolicy, use_retry
 from clarifai_interceptor.testing import FakeClarifai, Stream
+
+#: gRPC's own budget (gRFC A6's example): 10 tokens, 0.1 back per success.
+GRPC_BUDGET = RetryBudget(max_tokens=10, token_ratio=0.1)
 
 
 def retries_a_full_bucket_allows(budget: RetryBudget) -> int:
@@ -70,8 +74,8 @@ def failing_calls(stub: Any, count: int) -> None:
 
 
 def test_retry_budget_is_shared_by_the_calls_of_one_channel(path: Path, fake: FakeClarifai) -> None:
-    # The default budget: 10 tokens, a retryable failure takes one, no retry at 5 or fewer.
-    channel = path.channel(retry=RetryPolicy(initial_backoff=0, jitter=0))
+    # gRPC's budget: 10 tokens, a retryable failure takes one, no retry at 5 or fewer.
+    channel = path.channel(retry=RetryPolicy(initial_backoff=0, jitter=0, budget=GRPC_BUDGET))
     stub = service_pb2_grpc.V2Stub(channel)
     fake.set_default("PostModelOutputs", UNAVAILABLE)
     fake.set_default("GenerateModelOutputs", UNAVAILABLE)
@@ -86,9 +90,9 @@ def test_retry_budget_is_shared_by_the_calls_of_one_channel(path: Path, fake: Fa
     # Another channel has its own budget.
     fake.clear()
     with pytest.raises(grpc.RpcError):
-        path.stub(retry=RetryPolicy(initial_backoff=0, jitter=0)).PostModelOutputs(
-            predict_request(), timeout=T
-        )
+        path.stub(
+            retry=RetryPolicy(initial_backoff=0, jitter=0, budget=GRPC_BUDGET)
+        ).PostModelOutputs(predict_request(), timeout=T)
     assert len(fake.calls_to("PostModelOutputs")) == 5
 
 
@@ -114,16 +118,16 @@ def test_budget_bounds_attempts_under_an_outage_and_refills_after(
     path: Path, fake: FakeClarifai
 ) -> None:
     budget = RetryBudget()
-    assert (budget.max_tokens, budget.token_ratio) == (10, 0.1)
+    assert (budget.max_tokens, budget.token_ratio) == (100, 0.2)
     stub = path.stub()  # FAST: the default policy and budget, waits zeroed
     fake.set_default("ListModels", UNAVAILABLE)
     failing_calls(stub, 200)
     attempts = len(fake.calls_to("ListModels"))
     bound = 200 + retries_a_full_bucket_allows(budget)
-    assert retries_a_full_bucket_allows(budget) == 4
-    # The first call takes 5 attempts (10 -> 5 tokens: 4 retries, and max_attempts is 5);
-    # every later call one. Without a budget it would be 200 * 5 = 1000.
-    assert attempts == bound == 204
+    assert retries_a_full_bucket_allows(budget) == 49
+    # The first 10 calls make 5 attempts each (100 -> 50 tokens: 4 retries each, max_attempts
+    # is 5); every later call one. Without a budget it would be 200 * 5 = 1000.
+    assert attempts == budgeted_attempts(budget, 200) == 240 <= bound
     assert attempt_headers(fake.calls_to("ListModels"))[:6] == [None, "1", "2", "3", "4", None]
 
     # The server recovers. The bucket is empty: count the successes that refill it.
@@ -151,6 +155,22 @@ def test_budget_bounds_attempts_under_an_outage_and_refills_after(
         f"budget ({path.kind}): retries resumed after {needed - 1} successes + 1 unretried "
         f"failure + {more} successes (each success gives back {budget.token_ratio})",
     )
+
+
+def test_one_failed_call_leaves_the_next_calls_their_retries(
+    path: Path, fake: FakeClarifai
+) -> None:
+    """With the default budget, a call that failed all its attempts does not stop the retry of
+    the next call's one transient failure (gRPC's own 10 tokens, 0.1 back, did: 10 -> 5)."""
+    stub = path.stub()
+    fake.set_default("ListModels", UNAVAILABLE)
+    failing_calls(stub, 1)
+    assert len(fake.calls_to("ListModels")) == 5
+    fake.clear()
+    fake.set_default("ListModels", SUCCESS)
+    fake.script("ListModels", UNAVAILABLE)  # a blip: one failure, then the default
+    assert list_models(stub).status.code == SUCCESS
+    assert attempt_headers(fake.calls_to("ListModels")) == [None, "1"]
 
 
 def test_without_a_budget_every_call_makes_max_attempts(path: Path, fake: FakeClarifai) -> None:
@@ -240,10 +260,10 @@ def test_budget_is_not_shared_between_channels(path: Path, fake: FakeClarifai) -
     fake.set_default("ListModels", UNAVAILABLE)
     first, second = path.stub(), path.stub()
     failing_calls(first, 100)
-    assert len(fake.calls_to("ListModels")) == 104
+    assert len(fake.calls_to("ListModels")) == budgeted_attempts(RetryBudget(), 100) == 140
     fake.clear()
     failing_calls(second, 100)  # a full bucket of its own
-    assert len(fake.calls_to("ListModels")) == 104
+    assert len(fake.calls_to("ListModels")) == 140
     fake.clear()
     failing_calls(first, 10)  # the first channel's bucket is still empty
     assert len(fake.calls_to("ListModels")) == 10
