@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import deque
@@ -400,6 +401,8 @@ class FakeClarifai:
         )
         address = f"127.0.0.1:{self._bind_port}"
         try:
+            if self._bind_port:
+                _free_or_raise(self._bind_port)
             if self._tls is None:
                 port = server.add_insecure_port(address)
             else:
@@ -584,3 +587,17 @@ class FakeServicer:
         """Any name that is not a ``V2`` method (those are set in ``__init__``): an error."""
         msg = f"{type(self).__name__} has no attribute {name!r} (not a clarifai.api.V2 method)"
         raise AttributeError(msg)
+
+
+def _free_or_raise(port: int) -> None:
+    """Raise RuntimeError if ``port`` is taken on 127.0.0.1. gRPC's servers bind with
+    SO_REUSEPORT, so a second fake on a fixed port would start and split the calls with the
+    first; a plain socket (no SO_REUSEPORT) cannot bind a port such a server holds."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart past TIME_WAIT binds
+    try:
+        probe.bind(("127.0.0.1", port))
+    except OSError:
+        raise RuntimeError("bind failed") from None
+    finally:
+        probe.close()

@@ -436,3 +436,20 @@ def test_pats_must_be_known_secrets_and_not_a_str() -> None:
         FakeClarifai(secrets={PAT: None}, pats=PAT)
     with pytest.raises(ValueError, match="pats"):
         FakeClarifai(pats=[PAT])  # no secrets: no auth checking, so no PATs either
+
+
+def test_a_second_fake_on_a_taken_port_fails_to_start_and_the_first_keeps_serving() -> None:
+    """gRPC binds with SO_REUSEPORT: two fakes on one fixed port both started and split the
+    calls. The second now fails with a clear error; the first serves every call."""
+    with FakeClarifai() as first:
+        port = int(first.target.rsplit(":", 1)[1])
+        second = FakeClarifai(port=port)
+        with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{port}"):
+            second.start()
+        with grpc.insecure_channel(first.target) as channel:
+            stub = service_pb2_grpc.V2Stub(channel)
+            for _ in range(6):
+                stub.ListModels(service_pb2.ListModelsRequest(), timeout=10)
+        assert len(first.calls_to("ListModels")) == 6
+    with FakeClarifai(port=port):  # the port is free again: a restart on it binds
+        pass
