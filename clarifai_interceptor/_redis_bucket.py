@@ -234,12 +234,12 @@ class RedisBucket:
             new = self.rules.throttled(view, now, signal.stated, self._ok, self._throttled)
             reply = yield from self._change(new)
         else:
-            reply = None
+            reply = False  # nothing asked of Redis (None: asked, and it failed)
             if permit.round == view.round:
                 self._ok += 1
             if view.quota:
                 reply = yield _QUOTA, [0, 0]
-            if self._paced and not self._throttled and reply is None:
+            elif self._paced and not self._throttled:
                 reply = yield from self._change(self.rules.rises(view, now))
         if reply is None:
             if self.store.on_error == "local":
