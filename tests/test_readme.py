@@ -77,10 +77,16 @@ def test_the_readme_opens_with_exactly_two_commands_the_demo_and_the_tests() -> 
     extras = re.search(r"pip install -e '\.\[([a-z,]+)\]'", tests)
     assert extras is not None
     assert {"test", "docs", "sdk", "redis"} <= set(extras.group(1).split(","))
-    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "python -m pytest" in ci
-    assert "command -v chromium" in ci
-    assert "command -v redis-server" in ci
+
+
+def test_ci_runs_the_readmes_test_command_with_what_it_installs() -> None:
+    ci = ROOT / ".ci" / "run"
+    if not ci.is_file():
+        pytest.skip("no .ci/run (a source distribution)")
+    text = ci.read_text(encoding="utf-8")
+    assert "python -m pytest" in text
+    assert "command -v chromium" in text
+    assert "command -v redis-server" in text
 
 
 def test_the_readme_is_short_and_links_every_docs_page() -> None:
