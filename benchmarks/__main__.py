@@ -38,7 +38,7 @@ from clarifai_interceptor import RetryPolicy
 from . import variants as v
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parent / "README.md"
+README = HERE.parent / "docs" / "pages" / "measurements.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SUCCESS = status_code_pb2.SUCCESS
 FAULTS = {"unavailable": 0.04, "throttled": 0.01, "seed": 13}

@@ -21,8 +21,9 @@ Main entry points:
 
 Status codes in the constants (`DEFAULT_RETRYABLE_STATUSES`, `NEVER_RETRIED_STATUSES`) are
 Clarifai's ``status_code_pb2`` values: ``status_code_pb2.StatusCode.Name(code)`` names one.
-The README (the package's long description) is the guide; the API reference is built from
-these docstrings (``docs/`` in the source distribution).
+The README (the package's long description) has the quick starts and the defaults; the guide,
+the measurements, the known limits and the API reference (built from these docstrings) are in
+``docs/`` (in the source distribution; ``mkdocs build -f docs/mkdocs.yml``).
 
 Example:
     A channel with a PAT; ``credentials=None`` reads ``CLARIFAI_PAT`` and friends instead::

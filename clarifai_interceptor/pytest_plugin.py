@@ -11,10 +11,11 @@ ask for the fixture by name and call a fake Clarifai API over real gRPC::
 
 See `clarifai_interceptor.testing.FakeClarifai` for scripts, recorded calls and auth checking.
 
-With pytest-grpc, ``FakeClarifai().servicer()`` serves as its ``grpc_servicer`` (the README's
-"Testing your own code" has the whole recipe). Its ``--grpc-fake-server`` mode calls servicers
-directly, with no channel, so no client interceptor ever runs: a test whose ``grpc_servicer`` is
-a FakeClarifai servicer fails at setup under that option, saying so.
+With pytest-grpc, ``FakeClarifai().servicer()`` serves as its ``grpc_servicer`` (the guide's
+"Testing your own code", ``docs/pages/testing.md``, has the whole recipe). Its
+``--grpc-fake-server`` mode calls servicers directly, with no channel, so no client interceptor
+ever runs: a test whose ``grpc_servicer`` is a FakeClarifai servicer fails at setup under that
+option, saying so.
 
 Loading the plugin imports neither gRPC nor clarifai_grpc (nor does importing the package):
 every pytest run in an environment that has the package loads it, so it costs nothing until a
