@@ -38,6 +38,7 @@ from clarifai_interceptor import RetryPolicy
 from . import variants as v
 
 HERE = Path(__file__).resolve().parent
+#: Where `--readme` writes the tables: the docs site's measurements page (a historical name).
 README = HERE.parent / "docs" / "pages" / "measurements.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 SUCCESS = status_code_pb2.SUCCESS
@@ -595,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated groups: {','.join(GROUPS)}")
     parser.add_argument("--out", type=Path, help="the JSON file (default: results/<time>.json)")
     parser.add_argument("--no-write", action="store_true", help="write no JSON file")
-    parser.add_argument("--readme", action="store_true", help="put the table in README.md")
+    parser.add_argument(
+        "--readme", action="store_true", help="put the table in docs/pages/measurements.md"
+    )
     parser.add_argument("--from", dest="source", type=Path, help="show a saved JSON, do not run")
     args = parser.parse_args(argv)
     if args.source:

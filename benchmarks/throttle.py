@@ -144,7 +144,7 @@ RIVALS = ("bare", "tenacity", "sdk")
 OURS = ("ours-none", "ours-before", "ours", "ours-fixed", "ours-redis", "ours-redis-fixed")
 LIMITED = ("ours", "ours-fixed", "ours-redis", "ours-redis-fixed")
 FLEET_ONLY = ("ours-redis", "ours-redis-fixed")
-#: The variants of the README's table, on every workload (the Redis ones on the fleet too).
+#: The variants of the measurements page's table, on every workload (Redis ones on the fleet).
 DEFAULT_VARIANTS = (*RIVALS, "ours-before", "ours", "ours-fixed")
 
 
@@ -1159,7 +1159,9 @@ def parser_of() -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot", type=Path, metavar="PATH", help="draw the fleet's traces at R = 15 (PNG)"
     )
-    parser.add_argument("--readme", action="store_true", help="put the tables in README.md")
+    parser.add_argument(
+        "--readme", action="store_true", help="put the tables in docs/pages/measurements.md"
+    )
     parser.add_argument("--from", dest="source", type=Path, help="show a saved JSON, do not run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     return parser

@@ -579,7 +579,7 @@ def test_otel_records_each_retried_calls_figures(otel: Any) -> None:
 def live_buckets() -> Iterator[dict[str, Any]]:
     """Real buckets: two retry budgets on one target, one on another; a paced and a dormant
     rate-limit bucket. The figures of other tests' buckets are ignored by the tests."""
-    spent = TokenBucket(RetryBudget(max_tokens=10), TARGET)
+    spent = TokenBucket(RetryBudget(max_tokens=10, token_ratio=0.1), TARGET)
     for _ in range(7):
         spent.record(True, None)
     full = TokenBucket(RetryBudget(max_tokens=10), TARGET)
