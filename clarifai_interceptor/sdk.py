@@ -1,29 +1,24 @@
 """The Clarifai Python SDK (``clarifai``) through this package's channels: one retry layer.
 
 Call ``install()`` once at start-up, before making SDK clients: every client made after it
-(``Model``, ``App``, ``User``, ``Dataset``, ``Inputs``, ``Search``, ...), sync and async, sends its
-gRPC calls through this package's channels: our retries (one layer: no ``RetryStub`` waits, no
-``ClarifaiChannel`` service-config retries underneath), our retry budget and rate limiting, our
-credential precedence. As OpenTelemetry's gRPC instrumentation does, it patches the SDK's
-factories and chases nothing made earlier: a client made before ``install()`` keeps the SDK's own
-channel and ``RetryStub``. ``uninstall()`` puts the SDK's functions back.
+(``Model``, ``App``, ``User``, ``Dataset``, ...), sync and async, sends its gRPC calls through
+this package's channels: our retries (no ``RetryStub`` waits, no ``ClarifaiChannel`` retries
+underneath), retry budget, rate limiting and credential precedence. Like OpenTelemetry's gRPC
+instrumentation, it patches the SDK's factories and chases nothing made earlier: a client made
+before ``install()`` keeps the SDK's channel and ``RetryStub``. ``uninstall()`` puts them back.
 
-What is patched (`PATCHED`), each by name wherever the SDK imported it:
+What is patched (`PATCHED`), each under every name the SDK imported it by:
 
-- ``ClarifaiAuthHelper.get_stub_and_channel`` / ``get_async_stub``: the channels become ours, built
-  from the helper's ``base`` (https, or plain http to ``host:port``), root certificates, PAT or
-  session token, user and app.
-- ``create_stub``: an ``AuthorizedStub`` without the ``RetryStub`` around it; its calls drop the
-  SDK's own credential header (it equals the client's own), so a `use_credentials` block
-  overrides the client and a different header passed on the call still wins.
-- ``status_is_retryable``: the SDK's model-loading loops stop after one round; our policy retries
-  those statuses. (Module-wide: a client made before ``install()`` gets one round too.)
-- ``ModelClient._async_predict_by_proto``: the same request, without the SDK's loop that re-sends
-  on *any* exception for 10 s.
+- ``ClarifaiAuthHelper.get_stub_and_channel`` / ``get_async_stub``: channels of ours, built from
+  the helper's base (https, or plain http to ``host:port``), root certificates and secret.
+- ``create_stub``: ``AuthorizedStub`` without ``RetryStub``; its calls drop the SDK's own
+  credential header, so a `use_credentials` block overrides the client's secret.
+- ``status_is_retryable``: the SDK's model-loading loops make one round (module-wide: clients
+  made before ``install()`` too); our policy retries those statuses.
+- ``ModelClient._async_predict_by_proto``: without the loop that re-sends on *any* exception.
 
-``install()`` first checks that each of these, and what the replacements use, is where this
-module expects it with the same parameters (`check_version`): it refuses, patching nothing, only
-when the internals moved, and warns once for a ``clarifai`` newer than `NEWEST_TESTED`.
+``install()`` checks each of these, and what the replacements use, for the expected parameters
+(`check_version`): it refuses, patching nothing, only when they moved.
 """
 
 from __future__ import annotations
@@ -67,35 +62,26 @@ __all__ = [
 OLDEST_TESTED, NEWEST_TESTED = "11.12.2", "12.5.0"
 
 #: What `install` replaces, as ``module:attribute``, with the parameters it must have.
-PATCHED: dict[str, tuple[str, ...]] = {
-    "clarifai.client.auth.helper:ClarifaiAuthHelper.get_stub_and_channel": ("self",),
-    "clarifai.client.auth.helper:ClarifaiAuthHelper.get_async_stub": ("self",),
-    "clarifai.client.auth.stub:create_stub": ("auth_helper", "max_retry_attempts", "is_async"),
-    "clarifai.utils.misc:status_is_retryable": ("status_code",),
+PATCHED: dict[str, str] = {
+    "clarifai.client.auth.helper:ClarifaiAuthHelper.get_stub_and_channel": "self",
+    "clarifai.client.auth.helper:ClarifaiAuthHelper.get_async_stub": "self",
+    "clarifai.client.auth.stub:create_stub": "auth_helper max_retry_attempts is_async",
+    "clarifai.utils.misc:status_is_retryable": "status_code",
     "clarifai.client.model_client:ModelClient._async_predict_by_proto": (
-        "self",
-        "inputs",
-        "method_name",
-        "inference_params",
-        "output_config",
+        "self inputs method_name inference_params output_config"
     ),
 }
-# What the replacements use (None: only that it exists).
-_USED: dict[str, tuple[str, ...] | None] = {
-    "clarifai.client.auth.stub:AuthorizedStub.__init__": ("self", "auth_helper", "is_async"),
+# What the replacements use: a callable's parameters, or None (only that it exists).
+_USED: dict[str, str | None] = {
+    "clarifai.client.auth.stub:AuthorizedStub.__init__": "self auth_helper is_async",
     "clarifai.client.auth.helper:ClarifaiAuthHelper.from_env": None,
     "clarifai.client.auth.helper:base_https_cache": None,
     "clarifai.client.auth.register:RpcCallable": None,
-    **{
-        f"clarifai.client.model_client:{name}": None
-        for name in (
-            "MAX_MODEL_PREDICT_INPUTS",
-            "UserError",
-            "service_pb2",
-            "resources_pb2",
-            "status_code_pb2",
-        )
-    },
+    **dict.fromkeys(
+        f"clarifai.client.model_client:{name}"
+        for name in ("MAX_MODEL_PREDICT_INPUTS", "UserError", "service_pb2", "resources_pb2")
+    ),
+    "clarifai.client.model_client:status_code_pb2": None,
 }
 # The modules that import the patched functions by name (imported first, so that theirs change).
 _COPIERS = (
@@ -182,11 +168,11 @@ def _moved() -> list[str]:
         if expected is None:
             continue
         try:
-            found = tuple(inspect.signature(value).parameters)
+            found = " ".join(inspect.signature(value).parameters)
         except (TypeError, ValueError):
-            found = ()
+            found = "?"
         if found != expected:
-            moved.append(f"{target} takes ({', '.join(found)}), not ({', '.join(expected)})")
+            moved.append(f"{target} takes ({found}), not ({expected})")
     return moved
 
 
@@ -394,16 +380,10 @@ class _HelperCredentials:
         return credentials
 
 
-def _own_headers(helper: Any) -> frozenset[tuple[str, str]]:
+def _own(helper: Any) -> tuple[str, str] | None:
     """The credential header the SDK itself sends for this helper."""
-    pat, token = vars(helper).get("_pat") or "", vars(helper).get("_token") or ""
-    if pat:
-        return frozenset({(AUTHORIZATION, f"Key {pat}")})
-    return frozenset({(SESSION_TOKEN, token)}) if token else frozenset()
-
-
-class _NoSecretError(Exception):
-    """The SDK client has neither a PAT nor a session token."""
+    pat, token = vars(helper).get("_pat"), vars(helper).get("_token")
+    return (AUTHORIZATION, f"Key {pat}") if pat else (SESSION_TOKEN, token) if token else None
 
 
 def _credentials(pat: str, token: str, user_id: str, app_id: str) -> Credentials:
@@ -413,16 +393,15 @@ def _credentials(pat: str, token: str, user_id: str, app_id: str) -> Credentials
         return Credentials.from_pat(pat, user_id=user, app_id=app)
     if token:
         return Credentials.from_session_token(token, user_id=user, app_id=app)
-    # The SDK's own message (ClarifaiAuthHelper.metadata), raised only if a call needs it.
-    raise _NoSecretError("'token' or 'pat' needed to be provided in the query params or env vars.")
+    # The SDK's own error (ClarifaiAuthHelper.metadata), raised only if a call needs it.
+    raise Exception("'token' or 'pat' needed to be provided in the query params or env vars.")
 
 
-def _strip(metadata: Any, own: frozenset[tuple[str, str]]) -> Any:
+def _strip(metadata: Any, own: tuple[str, str] | None) -> Any:
     """The call's metadata without the SDK's own credential header (None if nothing is left)."""
     if not metadata or not own:
         return metadata
-    kept = tuple(pair for pair in metadata if (pair[0], pair[1]) not in own)
-    return kept or None
+    return tuple(pair for pair in metadata if (pair[0], pair[1]) != own) or None
 
 
 class _Stub:
@@ -433,7 +412,7 @@ class _Stub:
     """
 
     def __init__(self, stub: Any, helper: Any, rpc_callable: type) -> None:
-        stub.metadata = _strip(stub.metadata, _own_headers(helper)) or ()
+        stub.metadata = _strip(stub.metadata, _own(helper)) or ()
         self.stub, self.is_async = stub, stub.is_async
         self._helper, self._rpc_callable = helper, rpc_callable
 
@@ -455,7 +434,7 @@ class _Call:
 
     def _strip(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         if "metadata" in kwargs:
-            kwargs["metadata"] = _strip(kwargs["metadata"], _own_headers(self._helper))
+            kwargs["metadata"] = _strip(kwargs["metadata"], _own(self._helper))
         return kwargs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -540,18 +519,13 @@ def _aio_channel(helper: Any, cache: Any) -> grpc.aio.Channel:
 # -- ModelClient's async predict ------------------------------------------------------------------
 
 
-def _async_predict_by_proto(model_client: ModuleType) -> Any:
+def _async_predict_by_proto(m: ModuleType) -> Any:
     """``ModelClient._async_predict_by_proto`` without its loop: one call through our retries.
 
     The SDK's loop re-sends on a model-loading status for 10 minutes and on *any* exception
     (a scope error included) for 10 s; our policy retries the transient outcomes instead. The
     request and the error message are the SDK's.
     """
-    service_pb2 = model_client.service_pb2
-    resources_pb2 = model_client.resources_pb2
-    status_code_pb2 = model_client.status_code_pb2
-    user_error = model_client.UserError
-    most = model_client.MAX_MODEL_PREDICT_INPUTS
 
     async def _async_predict_by_proto(
         self: Any,
@@ -561,10 +535,10 @@ def _async_predict_by_proto(model_client: ModuleType) -> Any:
         output_config: dict[str, Any] | None = None,
     ) -> Any:
         if not isinstance(inputs, list):
-            raise user_error("Invalid inputs, inputs must be a list of Input objects.")
-        if len(inputs) > most:
-            raise user_error(f"Too many inputs. Max is {most}.")
-        request = service_pb2.PostModelOutputsRequest()
+            raise m.UserError("Invalid inputs, inputs must be a list of Input objects.")
+        if len(inputs) > m.MAX_MODEL_PREDICT_INPUTS:
+            raise m.UserError(f"Too many inputs. Max is {m.MAX_MODEL_PREDICT_INPUTS}.")
+        request = m.service_pb2.PostModelOutputsRequest()
         request.CopyFrom(self.request_template)
         request.inputs.extend(inputs)
         if method_name:
@@ -574,10 +548,10 @@ def _async_predict_by_proto(model_client: ModuleType) -> Any:
             request.model.model_version.output_info.params.update(inference_params)
         if output_config:
             request.model.model_version.output_info.output_config.MergeFrom(
-                resources_pb2.OutputConfig(**output_config)
+                m.resources_pb2.OutputConfig(**output_config)
             )
         response = await self.async_stub.PostModelOutputs(request)
-        if response.status.code != status_code_pb2.SUCCESS:
+        if response.status.code != m.status_code_pb2.SUCCESS:
             raise Exception(f"Model predict failed with response {response!r}")
         return response
 
