@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 #: The oldest and newest ``clarifai`` releases CI runs this module's tests with.
-OLDEST_TESTED, NEWEST_TESTED = "11.12.2", "12.5.0"
+OLDEST_TESTED, NEWEST_TESTED = "11.8.4", "12.5.0"
 
 #: What `install` replaces, as ``module:attribute``, with the parameters it must have.
 PATCHED: dict[str, str] = {
