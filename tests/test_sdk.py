@@ -26,7 +26,7 @@ from clarifai_grpc.grpc.api.status import status_code_pb2 as codes
 from conftest import T
 
 import clarifai_interceptor as ci
-from clarifai_interceptor import sdk
+from clarifai_interceptor import _sdk_credentials, sdk
 from clarifai_interceptor.testing import Fail, FakeClarifai, Reply, Status, Stream
 
 pytest.importorskip("clarifai")
@@ -562,13 +562,13 @@ def test_stream_sends_a_request_stream_once(fake: FakeClarifai) -> None:
 
 
 def test_credentials_from_a_helper_follow_the_sdks_fields() -> None:
-    pat = sdk._credentials(SDK_PAT, "", "fake-user", "fake-app")
+    pat = _sdk_credentials._credentials(SDK_PAT, "", "fake-user", "fake-app")
     assert (pat.kind, pat.user_id, pat.app_id) == ("pat", "fake-user", "fake-app")
-    assert sdk._credentials(SDK_PAT, "", "", "fake-app").app_id is None  # no user: no app
-    token = sdk._credentials("", SDK_TOKEN, "fake-user", "")
+    assert _sdk_credentials._credentials(SDK_PAT, "", "", "fake-app").app_id is None  # no user
+    token = _sdk_credentials._credentials("", SDK_TOKEN, "fake-user", "")
     assert (token.kind, token.app_id) == ("session_token", None)
     with pytest.raises(Exception, match="'token' or 'pat' needed"):
-        sdk._credentials("", "", "fake-user", "")
+        _sdk_credentials._credentials("", "", "fake-user", "")
 
 
 def test_strip_drops_only_the_clients_own_header() -> None:
@@ -576,11 +576,11 @@ def test_strip_drops_only_the_clients_own_header() -> None:
     prefix = ("x-clarifai-request-id-prefix", "sdk-python-12.5.0")
     mine = ("authorization", f"Key {SDK_PAT}")
     theirs = ("authorization", f"Key {OTHER_PAT}")
-    assert sdk._strip((mine, prefix), own) == (prefix,)
-    assert sdk._strip((theirs, prefix), own) == (theirs, prefix)
-    assert sdk._strip((mine,), own) is None
-    assert sdk._strip(None, own) is None
-    assert sdk._strip((mine,), None) == (mine,)
+    assert _sdk_credentials._strip((mine, prefix), own) == (prefix,)
+    assert _sdk_credentials._strip((theirs, prefix), own) == (theirs, prefix)
+    assert _sdk_credentials._strip((mine,), own) is None
+    assert _sdk_credentials._strip(None, own) is None
+    assert _sdk_credentials._strip((mine,), None) == (mine,)
 
 
 def test_a_helpers_own_stub_and_channel_for_hand_made_calls(fake: FakeClarifai) -> None:
