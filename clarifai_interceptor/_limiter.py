@@ -12,13 +12,14 @@ shared store holds the state and runs the schedule atomically, nothing else):
 
 * Fixed (``per_second``): that rate from the first call, whatever the server says.
 * Stated: Clarifai's throttle says its limit ("exceeded limit of 15 requests per second"):
-  pace at it from then on. If throttles go on at it (another consumer shares the quota, or a
+  pace just below it (``MARGIN``) from then on. If throttles go on at it (another consumer shares the quota, or a
   fleet shares it without a shared store), cut by ``BETA`` (once a round), then, paced with no
   throttle for ``RISE_EVERY`` seconds, rise by ``RISE`` times the limit, never above it:
   additive increase, multiplicative decrease, so a fleet's processes converge on equal shares.
-* Learnt: a server that states nothing starts the rate at ``initial_rate``, doubling every
-  ``STEP`` seconds until a throttle (a cut to the share that got through), then cuts and rises
-  as above, by ``RISE`` times itself, with no ceiling.
+* Learnt: a server that states nothing starts the rate at the rate this process sent at while
+  dormant (``initial_rate`` at least), doubling every ``STEP`` seconds until a throttle (a cut
+  to the share that got through), then cuts as above and rises by ``RISE_LEARNT`` times
+  itself, with no ceiling.
 
 Adaptive buckets are dormant (one method call, no lock) until the first throttle. A cut is a
 new round: throttles of attempts sent in an older round are answered already, and a permit of
@@ -77,7 +78,12 @@ DIP = 0.05
 #: times the stated limit (additive, so that a fleet's processes converge on equal shares), or,
 #: with no limit stated, by RISE times itself.
 RISE = 0.02
+RISE_LEARNT = 0.05
 RISE_EVERY = 2.0
+_LARGEST_START = 1e4  # a learnt rate starts no higher (a burst of sends is not a rate)
+_FIRST = 0.25  # the shortest time the send rate before a throttle is measured over
+#: A stated limit is paced this far below it.
+MARGIN = 0.01
 _GONE = 256  # permits given back inside the schedule kept at most
 #: A schedule further ahead than this (seconds) is corrupt, or from a clock stepped back: healed.
 HORIZON = 3600.0
@@ -133,23 +139,33 @@ class Rules:
         return state.rate
 
     def throttled(
-        self, state: State, now: float, stated: float | None, ok: int, throttled: int
+        self,
+        state: State,
+        now: float,
+        stated: float | None,
+        ok: int,
+        throttled: int,
+        sending: float = 0.0,
     ) -> State | None:
         """The state after a throttle of an attempt of the current round, given this
         process's attempts of the round that went through (``ok``) and were throttled (this
-        one included); None: no change."""
+        one included), and the rate it sent at while dormant (``sending``); None: no
+        change."""
         if not self.limit.adaptive:
             return None
         changed = state._replace(round=state.round + 1, changed=now, rising=0)
         if stated is not None and (state.rate == 0 or stated != state.stated):
-            return changed._replace(rate=stated, stated=stated)  # the server said: its limit
-        if state.rate == 0:  # no limit stated: learn it, from the initial rate up
-            return changed._replace(rate=self.limit.initial_rate, rising=1)
+            # The server said its limit: pace just below it, so that its bucket, empty now,
+            # refills to absorb the network's jitter instead of throttling it.
+            return changed._replace(rate=stated * (1.0 - MARGIN), stated=stated)
+        if state.rate == 0:  # no limit stated: learn it, from the rate it sent at, doubling
+            start = min(max(self.limit.initial_rate, sending), _LARGEST_START)
+            return changed._replace(rate=start, rising=1)
         if ok + throttled < SAMPLE:
             return None  # too few of this round's attempts back to say how far to cut
         cut = BETA
-        if state.rising:
-            cut = max(BETA * BETA, min(BETA, ok / (ok + throttled) * (1.0 - DIP)))
+        if state.rising:  # it offered more than the server gave: the share measures the server
+            cut = max(0.5, ok / (ok + throttled) * (1.0 - DIP))
         cut *= self.rate(state, now)
         return changed._replace(rate=max(self.limit.min_rate, cut))
 
@@ -158,12 +174,13 @@ class Rules:
         rate stays (fixed, dormant, rising already, or at the stated limit)."""
         if not self.limit.adaptive or state.rate == 0 or state.rising:
             return None
-        if now - state.changed < RISE_EVERY or (state.stated and state.rate >= state.stated):
+        ceiling = state.stated * (1.0 - MARGIN)
+        if now - state.changed < RISE_EVERY or (state.stated and state.rate >= ceiling):
             return None
         if state.stated:
-            rate = min(state.rate + RISE * state.stated, state.stated)
+            rate = min(state.rate + RISE * state.stated, ceiling)
         else:
-            rate = state.rate * (1.0 + RISE)
+            rate = state.rate * (1.0 + RISE_LEARNT)
         return state._replace(rate=rate, changed=now)  # the same round: no cut
 
     def quota(self, state: State, now: float, status: int) -> State | None:
@@ -188,6 +205,8 @@ class LocalBucket:
         "_now",
         "_ok",
         "_paced",
+        "_sent",
+        "_since",
         "_throttled",
         "learning",
         "limit",
@@ -205,6 +224,8 @@ class LocalBucket:
         self.tat = 0.0  # the schedule's end: the next permit's slot, less the burst
         self.learning = False  # a success teaches it: an adaptive rate, or a quota to clear
         self._ok = 0  # attempts of the current round that went through
+        self._sent = 0  # permits given while dormant since `_since` (racy: an estimate)
+        self._since = clock()
         self._paced = False  # a permit of the current round waited: the rate holds callers back
         self._throttled = 0  # attempts of the current round throttled
         self._gone: dict[
@@ -219,6 +240,7 @@ class LocalBucket:
     def acquire(self, not_before: float, max_wait: float | None) -> Permit | Quota | None:
         state = self.state
         if not state.rate and not state.quota:
+            self._sent += 1
             return GO  # dormant: no lock (the state is replaced whole, never changed in place)
         with self._lock:
             now = self._now()
@@ -249,9 +271,11 @@ class LocalBucket:
                 if permit.round != state.round:
                     return  # sent before the last change: that change answered it
                 self._throttled += 1
-                self._set(
-                    self.rules.throttled(state, now, signal.stated, self._ok, self._throttled), now
+                sending = self._sent / max(now - self._since, _FIRST) if not state.rate else 0.0
+                new = self.rules.throttled(
+                    state, now, signal.stated, self._ok, self._throttled, sending
                 )
+                self._set(new, now)
             else:
                 if state.quota:
                     self._set(state._replace(quota=0, probe_at=0.0), now)

@@ -48,7 +48,16 @@ from clarifai_interceptor import (
     insecure_channel,
     use_credentials,
 )
-from clarifai_interceptor._limiter import GO, OK, LocalBucket, Permit, Quota, Signal, identity
+from clarifai_interceptor._limiter import (
+    GO,
+    MARGIN,
+    OK,
+    LocalBucket,
+    Permit,
+    Quota,
+    Signal,
+    identity,
+)
 from clarifai_interceptor.instrumentation._figures import limiter_rates
 from clarifai_interceptor.redis import DEFAULT_PREFIX, RedisBucket, RedisStore
 from clarifai_interceptor.testing import FakeClarifai, Reply
@@ -60,6 +69,7 @@ HANG = 5.0
 GENEROUS = 2.0
 THROTTLED = Signal(throttled=True)
 STATED = Signal(throttled=True, stated=15.0)
+PACED = 15.0 * (1 - MARGIN)  # a stated 15/s is paced just below
 QUOTA = Signal(quota=11003)
 
 
@@ -286,11 +296,12 @@ def test_a_stated_limit_is_shared_by_the_fleet(
     assert first == (GO if adaptive else Permit(0.0, 0, 1000.0, 1000.0, 1000 + 1 / 15, 15))
     assert isinstance(first, Permit)
     one.feedback(first, STATED)
-    assert one.rate() == 15
+    paced = PACED if adaptive else 15
+    assert one.rate() == pytest.approx(paced)
     assert two.rate() == (None if adaptive else 15)  # not seen yet: no round trip
     mixed = [(one if n % 3 else two).acquire(0.0, None) for n in range(12)]
-    assert two.rate() == 15
-    step = 1 / 15
+    assert two.rate() == pytest.approx(paced)
+    step = 1 / paced
     start = step  # the first slot taken (fixed), or one interval after the throttle
     assert _waits(mixed) == pytest.approx([start + n * step for n in range(12)], abs=1e-6)
     assert {p.round for p in mixed} == {1 if adaptive else 0}  # type: ignore[union-attr]
@@ -307,7 +318,9 @@ def test_a_stated_limit_in_one_process_wakes_a_dormant_one(
     assert two.acquire(0.0, None) == GO
     one.feedback(GO, STATED)
     permits = [two.acquire(0.0, None) for _ in range(5)]
-    assert all(isinstance(p, Permit) and p.round == 1 and p.rate == 15 for p in permits)
+    assert all(
+        isinstance(p, Permit) and p.round == 1 and p.rate == pytest.approx(PACED) for p in permits
+    )
     assert _waits(permits)[-1] == pytest.approx(5 / 15, abs=0.05)  # from one interval on
 
 
@@ -387,7 +400,7 @@ def test_a_cut_elsewhere_lays_out_the_waiters_of_another_process_anew(
     waiting = [two.acquire(0.0, None) for _ in range(10)]  # 10 ms apart, from 10 ms on
     last = waiting[-1]
     assert isinstance(last, Permit)
-    assert last.wait == pytest.approx(0.1)
+    assert last.wait == pytest.approx(10 / 99)  # a stated 100/s paced at 99/s
     one.feedback(Permit(0.0, 1), Signal(throttled=True, stated=10.0))  # another limit: round 2
     clock.now = last.at
     assert two.recheck(last, None) is last  # two has not seen it yet: no round trip
@@ -398,8 +411,8 @@ def test_a_cut_elsewhere_lays_out_the_waiters_of_another_process_anew(
     again = two.recheck(last, None)
     assert again is not last
     assert again.round == 2
-    assert again.rate == 10
-    assert again.wait == pytest.approx(0.1)  # one slot of the new rate on
+    assert again.rate == pytest.approx(9.9)  # a stated 10/s, paced just below
+    assert again.wait == pytest.approx(1 / 9.9)  # one slot of the new rate on
     assert two.recheck(again, None) is again  # a permit of the latest round: no trip
 
 
@@ -494,7 +507,7 @@ def test_a_fallback_bucket_still_paces_and_adapts(own_server: RedisServer) -> No
     permit = adaptive.acquire(0.0, None)
     assert permit == GO
     adaptive.feedback(permit, STATED)
-    assert adaptive.local.rate() == 15  # the local bucket took the throttle
+    assert adaptive.local.rate() == pytest.approx(PACED)  # the local bucket took it
     assert store.fallbacks == 5
     stale = Permit(1.0, 7, 1e12, rate=100.0)  # a permit Redis gave, rechecked while it is down
     assert adaptive.recheck(stale, None) is stale  # no round trip, no hang
@@ -512,7 +525,7 @@ def test_a_fallback_bucket_adopts_the_pace_last_seen(own_server: RedisServer) ->
     permits = [bucket.acquire(0.0, None) for _ in range(4)]
     assert store.fallbacks == 4
     assert _waits(permits) == pytest.approx([1 / 15, 2 / 15, 3 / 15, 4 / 15], abs=0.03)
-    assert bucket.local.rate() == 15
+    assert bucket.local.rate() == pytest.approx(PACED)
     store.close()
     other.close()
 
@@ -724,7 +737,7 @@ async def test_async_calls_share_state_with_sync_ones(async_store: RedisStore) -
     permits = await asyncio.gather(*(bucket.acquire_async(0.0, None) for _ in range(20)))
     assert permits == [GO] * 20
     await bucket.feedback_async(GO, STATED)
-    assert bucket.rate() == 15
+    assert bucket.rate() == pytest.approx(PACED)
     paced = await asyncio.gather(*(bucket.acquire_async(0.0, None) for _ in range(5)))
     assert all(isinstance(p, Permit) and p.round == 1 for p in paced)
     assert max(_waits(paced)) > 0
@@ -985,7 +998,7 @@ def _shares_one_limit(one: RedisStore, two: RedisStore) -> None:
     assert all(isinstance(p, Permit) for p in permits)
     slots = [p.at for p in permits]  # type: ignore[union-attr]
     gaps = [b - a for a, b in itertools.pairwise(slots)]
-    assert gaps == pytest.approx([1 / 15] * 3, abs=1e-6)  # one schedule at the stated 15/s
+    assert gaps == pytest.approx([1 / PACED] * 3, abs=1e-6)  # one schedule, just below 15/s
     assert one.fallbacks == two.fallbacks == 0
 
 
@@ -1050,7 +1063,7 @@ def test_a_store_from_sentinel_follows_the_master(own_server: RedisServer, tmp_p
         for _ in range(3):  # a client per loop, closed with it
             permit = asyncio.run(paced())
             assert isinstance(permit, Permit)
-            assert permit.rate == 15
+            assert permit.rate == pytest.approx(PACED)
         with own_server.client() as client:
             assert client.exists(store.bucket("k" * 32, RateLimit()).key)
         store.close()
@@ -1195,11 +1208,11 @@ def test_a_stated_throttle_anywhere_paces_every_process(
     assert isinstance(elsewhere, RedisBucket)
     permit = elsewhere.acquire(0.0, None)
     assert isinstance(permit, Permit)
-    assert permit.rate == 15
-    assert elsewhere.rate() == 15
+    assert permit.rate == pytest.approx(PACED)
+    assert elsewhere.rate() == pytest.approx(PACED)
     assert first.store.fallbacks == second.store.fallbacks == 0  # type: ignore[union-attr]
     rates = limiter_rates()  # the gauges read the shared rate through the buckets
-    assert rates == {identity(PAT, fake.target, first): 15.0}
+    assert rates == {identity(PAT, fake.target, first): pytest.approx(PACED)}
 
 
 @pytest.mark.parametrize("on_error", ["local", "fail"])
