@@ -12,9 +12,10 @@ shared store holds the state and runs the schedule atomically, nothing else):
 
 * Fixed (``per_second``): that rate from the first call, whatever the server says.
 * Stated: Clarifai's throttle says its limit ("exceeded limit of 15 requests per second"):
-  pace just below it (``MARGIN``) from then on. If throttles go on at it (another consumer shares the quota, or a
-  fleet shares it without a shared store), cut by ``BETA`` (once a round), then, paced with no
-  throttle for ``RISE_EVERY`` seconds, rise by ``RISE`` times the limit, never above it:
+  pace just below it (``MARGIN``) from then on. If throttles go on at it (another consumer
+  shares the quota, or a fleet shares it without a shared store), cut by ``BETA`` (once a
+  round), then, paced with no throttle for ``RISE_EVERY`` seconds, rise by ``RISE`` times the
+  limit, never above it:
   additive increase, multiplicative decrease, so a fleet's processes converge on equal shares.
 * Learnt: a server that states nothing starts the rate at the rate this process sent at while
   dormant (``initial_rate`` at least), doubling every ``STEP`` seconds until a throttle (a cut
