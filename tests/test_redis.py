@@ -1019,15 +1019,20 @@ def test_a_redis_cluster_by_url(cluster: RedisServer) -> None:
     two._client.close()  # type: ignore[union-attr]
 
 
-@pytest.mark.asyncio
-async def test_an_async_redis_cluster_client(cluster: RedisServer) -> None:
-    client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=cluster.port)
+async def _paces_async(client: Any) -> None:
+    """A store on ``client`` (an asyncio client) paces a fixed 5/s, with no fallback."""
     store = RedisStore(async_client=client)
     bucket = store.bucket("k" * 32, RateLimit(per_second=5, burst=1))
     permits = [await bucket.acquire_async(0.0, None) for _ in range(2)]
     assert _waits(permits) == pytest.approx([0, 0.2], abs=0.05)
     assert store.fallbacks == 0
     await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_an_async_redis_cluster_client(cluster: RedisServer) -> None:
+    client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=cluster.port)
+    await _paces_async(client)
 
 
 def test_a_redis_cluster_that_is_down_falls_back(tmp_path: Path) -> None:
@@ -1134,12 +1139,7 @@ def test_a_valkey_client_s_errors_are_outages(valkey_node: RedisServer) -> None:
 async def test_an_async_valkey_client(valkey_node: RedisServer) -> None:
     valkey_asyncio = pytest.importorskip("valkey.asyncio")
     client = valkey_asyncio.Valkey(port=valkey_node.port, socket_timeout=GENEROUS)
-    store = RedisStore(async_client=client)
-    bucket = store.bucket("k" * 32, RateLimit(per_second=5, burst=1))
-    permits = [await bucket.acquire_async(0.0, None) for _ in range(2)]
-    assert _waits(permits) == pytest.approx([0, 0.2], abs=0.05)
-    assert store.fallbacks == 0
-    await client.aclose()
+    await _paces_async(client)
 
 
 @needs_valkey
