@@ -957,3 +957,26 @@ def test_a_store_that_raises_has_no_secret_in_its_traceback_frames(fake: FakeCla
                 assert secret not in repr(value), (code.co_name, name)
         tb = tb.tb_next
     assert frames > 2  # the walk saw the package's frames, not only the test's
+
+
+def test_a_learnt_rate_starts_at_the_rate_the_process_sent_at_while_dormant() -> None:
+    """40 calls in 0.5 s, then a throttle that states nothing: the rate starts at 80/s, not
+    at initial_rate (64 callers once spent 4 s on slots reserved at 15/s)."""
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(initial_rate=15), clock)
+    for _ in range(40):
+        assert bucket.acquire(0.0, None) == GO
+        clock.now += 0.5 / 40
+    bucket.feedback(GO, UNSTATED)
+    assert bucket.rate() == pytest.approx(80.0)
+
+
+def test_a_stated_limit_is_paced_just_below_it() -> None:
+    """At exactly the limit the server's bucket, empty after the first wave, never refills,
+    and the network's jitter is throttled."""
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(), clock)
+    bucket.feedback(GO, Signal(throttled=True, stated=200.0))
+    rate = bucket.rate()
+    assert rate is not None
+    assert 0.98 * 200 <= rate < 200
