@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import pytest
-from clarifai_grpc.grpc.api import service_pb2
 from conftest import FAST, AioPath, Path, T
 from helpers import (
     AIO_PATHS,
@@ -27,7 +26,6 @@ from helpers import (
     aio_stub,
     aio_warm_up,
     call_style,
-    connect_first,
     ids,
     list_models,
     output,
@@ -97,7 +95,7 @@ def sync_run(
     with FakeClarifai() as fake:
         built = Path(kind, fake.target)
         stub = built.stub(_own_secret(), retry=retry)
-        connect_first(stub, fake)
+        warm_up(stub, fake)
         fake.script("ListModels", *outcomes)
         started = time.monotonic()
         with suppress(grpc.RpcError):
@@ -117,8 +115,7 @@ async def aio_call(
     fake: FakeClarifai, kind: str, outcomes: list[Any], retry: RetryPolicy, timeout: float
 ) -> float:
     async with aio_stub(kind, fake.target, _own_secret(), retry=retry) as stub:
-        await stub.ListStatusCodes(service_pb2.ListStatusCodesRequest(), timeout=T)
-        fake.clear()
+        await aio_warm_up(stub, fake)
         fake.script("ListModels", *outcomes)
         started = time.monotonic()
         with suppress(grpc.RpcError):
@@ -277,7 +274,7 @@ def test_pushback_beyond_the_deadline_stops_instead_of_waiting(
     path: Path, fake: FakeClarifai
 ) -> None:
     stub = path.stub()
-    connect_first(stub, fake)
+    warm_up(stub, fake)
     fake.script("ListModels", pushback_fail("5000"), SUCCESS)
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:

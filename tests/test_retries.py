@@ -36,7 +36,6 @@ from helpers import (
     attempt_headers,
     bare_predict_request,
     call_style,
-    connect_first,
     credentials_sent,
     ids,
     list_models,
@@ -48,6 +47,7 @@ from helpers import (
     read_all,
     report,
     stream_unary,
+    warm_up,
 )
 
 import clarifai_interceptor.aio as cia
@@ -601,7 +601,7 @@ def test_pushback_sets_the_wait_before_the_next_attempt(
     path: Path, fake: FakeClarifai, style: str
 ) -> None:
     stub = path.stub()  # initial_backoff=0: any wait is the server's
-    connect_first(stub, fake)
+    warm_up(stub, fake)
     fake.script("ListModels", pushback_fail("300"), SUCCESS)
     assert call_style(stub, style).status.code == SUCCESS
     first, second = fake.calls_to("ListModels")
