@@ -178,12 +178,26 @@ async def aio_wait_until(predicate: Callable[[], bool], timeout: float = T) -> N
         await asyncio.sleep(0.01)
 
 
-async def aio_warm_up(stub: service_pb2_grpc.V2Stub, fake: FakeClarifai) -> None:
+#: Tries of a warm-up call (each of T s) before it fails the test.
+WARM_UP_TRIES = 3
+
+
+def _warm_up_failed(exc: grpc.RpcError, tries_left: int) -> bool:
+    return tries_left == 0 or exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def aio_warm_up(
+    stub: service_pb2_grpc.V2Stub,
+    fake: FakeClarifai,
+    *,
+    tries: int = WARM_UP_TRIES,
+    timeout: float = T,
+) -> None:
     """As `warm_up`, on an aio channel."""
-    for tries_left in reversed(range(WARM_UP_TRIES)):
+    for tries_left in reversed(range(tries)):
         try:
             await stub.ListStatusCodes(
-                service_pb2.ListStatusCodesRequest(), timeout=T, wait_for_ready=True
+                service_pb2.ListStatusCodesRequest(), timeout=timeout, wait_for_ready=True
             )
             break
         except grpc.RpcError as exc:
@@ -233,23 +247,17 @@ def attempt_headers(calls: list[RecordedCall]) -> list[str | None]:
     return [call.header(ATTEMPT) for call in calls]
 
 
-#: Tries of a warm-up call (each of T s) before it fails the test.
-WARM_UP_TRIES = 3
-
-
-def _warm_up_failed(exc: grpc.RpcError, tries_left: int) -> bool:
-    return tries_left == 0 or exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-def warm_up(stub: Any, fake: FakeClarifai) -> None:
+def warm_up(
+    stub: Any, fake: FakeClarifai, *, tries: int = WARM_UP_TRIES, timeout: float = T
+) -> None:
     """Connect before a test that measures time, then forget the call. The warm-up is not
     what is measured: on a loaded machine (16 fakes and channels starting at once on 2 cores)
-    its first call has twice taken over T in CI, once sync and once aio; it gets
-    `WARM_UP_TRIES` tries (a hang still fails, after 3 T)."""
-    for tries_left in reversed(range(WARM_UP_TRIES)):
+    its first call has twice taken over T in CI, once sync and once aio; it gets ``tries``
+    tries of ``timeout`` (a hang still fails, after 3 T by default)."""
+    for tries_left in reversed(range(tries)):
         try:
             stub.ListStatusCodes(
-                service_pb2.ListStatusCodesRequest(), timeout=T, wait_for_ready=True
+                service_pb2.ListStatusCodesRequest(), timeout=timeout, wait_for_ready=True
             )
             break
         except grpc.RpcError as exc:
