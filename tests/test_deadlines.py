@@ -104,6 +104,7 @@ def afresh(run: Callable[[], float]) -> float:
         except grpc.RpcError as exc:  # noqa: PERF203 (a warm-up timed out: start afresh)
             if exc.code() is not grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise
+            report(f"a warm-up got no answer in {WARM_UP} s: the run starts afresh")
     return run()
 
 
