@@ -57,8 +57,9 @@ class RateLimit:
             allows.
         min_rate: A learnt rate never falls below this many attempts per second.
         initial_rate: The lowest a learnt rate starts at when the server states no limit
-            (default: Clarifai's documented 15 requests/s; it starts at the rate this process
-            was sending at if higher); it doubles every second until a throttle.
+            (default: Clarifai's documented 15 requests/s; a bucket of this process starts at
+            the rate the process was sending at if higher, a shared store's at this); it
+            doubles every second until a throttle.
         quota_probe: After a quota status (hourly, monthly or account limit reached), calls
             under that identity fail fast with `QuotaExceededError` and one call goes through
             every ``quota_probe`` seconds to see whether the quota is back; None turns this

@@ -208,12 +208,8 @@ class RedisBucket:
         else:
             return GO  # changes race ours: send, the throttle's feedback will tell
         if kind == "quota":
-            return Quota(self.view.quota, max(0.0, self.view.probe_at - self.view_now()))
+            return Quota(self.view.quota, max(0.0, self.view.probe_at - self._now()))
         return GO if kind == "go" else None
-
-    def view_now(self) -> float:
-        """Redis's clock at the last reply."""
-        return self._redis_now if self._clock is None else self._clock()
 
     def _fallback_acquire(self, not_before: float, max_wait: float | None) -> Any:
         if self.store.on_error == "fail":
