@@ -397,16 +397,22 @@ def _dial(where: _Where, grpc_module: Any, **kwargs: Any) -> Any:
     return grpc_module.insecure_channel(where.target, options=options, **kwargs)
 
 
+def _limit_target(where: _Where) -> str | None:
+    """The target the rate limit is shared under, named as every channel of ours names it
+    (``api.clarifai.com:443``), for sync and async clients alike; None for a base the SDK
+    accepts and we would not."""
+    try:
+        return resolve_target(where.target)
+    except ValueError:
+        return None
+
+
 def _sync_channel(helper: Any, cache: Any) -> grpc.Channel:
     where, config = _helper_where(helper, cache), _config()
-    try:
-        target = resolve_target(where.target)
-    except ValueError:  # a base the SDK accepts and we would not: its rate limit is its own
-        target = None
     return _wrap_channel(
         _dial(where, grpc),
         _HelperCredentials(helper),
-        target=target,
+        target=_limit_target(where),  # None: its rate limit is its own
         retry=config.retry,
         rate_limit=config.rate_limit,
     )
@@ -418,7 +424,7 @@ def _aio_channel(helper: Any, cache: Any) -> grpc.aio.Channel:
         _HelperCredentials(helper),
         retry=config.retry,
         rate_limit=config.rate_limit,
-        target=where.target,
+        target=_limit_target(where) or where.target,
     )
     return _dial(where, grpc.aio, interceptors=interceptors)
 

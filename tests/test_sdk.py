@@ -652,3 +652,31 @@ def test_an_async_client_over_https(tmp_path: Path) -> None:
             tls_fake.script("PostModelOutputs", codes.CONN_THROTTLED)
             assert asyncio.run(scenario()) == codes.SUCCESS
         assert len(tls_fake.calls_to("PostModelOutputs")) == 2
+
+
+def test_sync_and_async_clients_share_one_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK's sync and async channels to its default base name it as `ci.secure_channel()`
+    does (``api.clarifai.com:443``): one rate limit per PAT for both kinds of client, not one
+    each (the async one named it without the port). Nothing is dialled: gRPC connects lazily."""
+    helper = types.SimpleNamespace(_base="api.clarifai.com", _root_certificates_path=None)
+    cache = {"api.clarifai.com": True}
+    aio_targets: list[str] = []
+    interceptors = sdk._aio.interceptors
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        aio_targets.append(kwargs["target"])
+        return interceptors(*args, **kwargs)
+
+    monkeypatch.setattr(sdk._aio, "interceptors", recorded)
+    channel = sdk._sync_channel(helper, cache)
+    try:
+        sync_target = channel._core.target
+    finally:
+        channel.close()
+
+    async def aio_channel() -> None:
+        await sdk._aio_channel(helper, cache).close()
+
+    asyncio.run(aio_channel())
+    with ci.secure_channel(credentials=ci.Credentials.from_pat(SDK_PAT)) as ours:
+        assert sync_target == aio_targets[0] == ours._core.target == "api.clarifai.com:443"
