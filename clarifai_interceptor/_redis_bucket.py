@@ -48,6 +48,9 @@ if not (c >= 0 and c <= now) then c = now end  -- compared as text by a change: 
 -- A round or quota status that is not a whole number >= 0 (NaN, inf, a co-tenant's): none, as
 -- the bucket reads it (else no round would ever match, or no success would lift the quota).
 if not (n >= 0 and n < math.huge and n == math.floor(n)) then n = 0 end
+-- A rate that is not a number up to 1e6 (NaN, -5): dormant, and of round 0 as a dormant
+-- bucket's permits are (else the throttles that would wake it are of an older round).
+if not (r > 0 and r <= 1e6) then r, n = 0, 0 end
 if not (q > 0 and q < math.huge) then q = 0 end
 local function num(x) return string.format('%.17g', x) end
 local function save()
