@@ -52,6 +52,7 @@ from clarifai_interceptor._limiter import (
     OK,
     RISE,
     RISE_EVERY,
+    RISE_LEARNT,
     SAMPLE,
     STEP,
     LocalBucket,
@@ -268,9 +269,30 @@ def test_a_cut_gives_the_waiters_of_the_old_round_new_slots_at_the_new_rate() ->
 
 def test_a_rise_leaves_the_waiters_slots_alone() -> None:
     clock = Clock()
-    bucket = LocalBucket(RateLimit(per_second=5), clock)
-    [permit] = permits(bucket, 1)
-    assert bucket.recheck(permit, None) is permit
+    bucket = LocalBucket(RateLimit(), clock)
+    bucket.feedback(GO, STATED)
+    waiting = permits(bucket, 5)
+    bucket.feedback(waiting[0], Signal(throttled=True, stated=30.0))  # a higher stated limit
+    assert bucket.rate() == pytest.approx(30.0 * (1 - MARGIN))  # a new round, faster
+    assert bucket.recheck(waiting[4], None) is waiting[4]
+
+
+def test_a_learnt_rate_cuts_by_half_at_most_then_rises_by_itself() -> None:
+    """No limit stated: the first cut goes to the share that got through, but not below half
+    (1 of 4 through: half, not a quarter); paced with no throttle for `RISE_EVERY`, the rate
+    rises by `RISE_LEARNT` of itself."""
+    clock = Clock()
+    bucket = LocalBucket(RateLimit(initial_rate=10), clock)
+    bucket.feedback(GO, UNSTATED)
+    sent = permits(bucket, SAMPLE)
+    bucket.feedback(sent[0], OK)
+    for permit in sent[1:]:
+        bucket.feedback(permit, UNSTATED)
+    assert bucket.rate() == pytest.approx(5.0)
+    clock.now += RISE_EVERY
+    for permit in permits(bucket, 2):
+        bucket.feedback(permit, OK)
+    assert bucket.rate() == pytest.approx(5.0 * (1 + RISE_LEARNT))
 
 
 def test_released_permits_give_their_slots_back_in_any_order() -> None:
@@ -689,7 +711,7 @@ def test_a_server_resource_exhausted_marked_as_throttle_is_retried(fake: FakeCla
         channel.close()
     assert len(fake.calls_to(METHOD)) == 2
     bucket = bucket_of(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret.reveal(), fake.target)
-    assert bucket.rate() is not None  # learning from the initial rate: nothing stated
+    assert bucket.rate() == pytest.approx(PACED)  # the limit the throttle stated, read on aio
 
 
 def test_a_refused_retry_ends_the_call_with_its_last_outcome() -> None:
@@ -774,7 +796,7 @@ async def test_aio_fail_fast_and_throttle_feedback(fake: FakeClarifai) -> None:
         response = await stub.ListModels(service_pb2.ListModelsRequest(), timeout=T)
         assert response.status.code == sc.CONN_THROTTLED  # one attempt, as asked
     bucket = bucket_of(_limiter.DEFAULT_RATE_LIMIT, PAT_CREDS.secret.reveal(), fake.target)
-    assert bucket.rate() is not None  # learning from the initial rate: nothing stated
+    assert bucket.rate() == pytest.approx(PACED)  # the limit the throttle stated, read on aio
 
 
 # -- hostile servers -------------------------------------------------------------------------
