@@ -15,11 +15,11 @@ from clarifai_grpc.grpc.api.status import status_code_pb2
 
 from . import NEVER_RETRIED_STATUSES
 from ._cli_parser import EXIT_AUTH, EXIT_FAILURE
+from ._secret import CREDENTIAL_KEYS
 from ._target import redact
 
 _V2 = service_pb2.DESCRIPTOR.services_by_name["V2"]
 
-_SECRET_KEYS = frozenset({"authorization", "x-clarifai-session-token"})
 _AUTH_CODES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 _STATUS_CODES = frozenset(status_code_pb2.StatusCode.values())
 # A PAT call that names no user (CLARIFAI_USER_ID unset) is refused as an invalid request.
@@ -130,7 +130,7 @@ def _seen(metadata: Any, request: Any) -> dict[str, Any]:
     for key, value in metadata or ():
         if isinstance(value, bytes):
             value = f"<{len(value)} bytes>"  # noqa: PLW2901
-        elif key in _SECRET_KEYS:
+        elif key in CREDENTIAL_KEYS:
             value = "Key <redacted>" if value.startswith("Key ") else "<redacted>"  # noqa: PLW2901
         shown.append([key, value])
     uai = getattr(request, "user_app_id", None)

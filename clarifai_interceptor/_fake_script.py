@@ -17,6 +17,8 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
+from ._secret import AUTHORIZATION, CREDENTIAL_KEYS, SESSION_TOKEN
+
 _SERVICE = service_pb2.DESCRIPTOR.services_by_name["V2"]
 _METHODS: Mapping[str, MethodDescriptor] = _SERVICE.methods_by_name
 _ALL_SCOPES = frozenset(name for name in scope_pb2.S.keys() if name != "undef")  # noqa: SIM118
@@ -28,7 +30,6 @@ _REQUIRED_SCOPES: Mapping[str, frozenset[str]] = {
     )
     for name, method in _METHODS.items()
 }
-_SECRET_HEADERS = frozenset({"authorization", "x-clarifai-session-token"})
 _DEFAULT_STREAM_LENGTH = 3
 _NO_USER = (
     "Invalid request: a PAT acts for a user, so the request must name the user (and app) in "
@@ -140,7 +141,7 @@ class RecordedCall:
 
     def __repr__(self) -> str:
         """Describe the call with secret header values redacted."""
-        shown = tuple((k, "<redacted>" if k in _SECRET_HEADERS else v) for k, v in self.metadata)
+        shown = tuple((k, "<redacted>" if k in CREDENTIAL_KEYS else v) for k, v in self.metadata)
         kinds = [type(request).__name__ for request in self.requests]
         return (
             f"RecordedCall(method={self.method!r}, metadata={shown!r}, "
@@ -183,14 +184,14 @@ def _normalize(method: MethodDescriptor, outcome: Outcome) -> _Played:
 
 def _secret_of(call: RecordedCall) -> tuple[str, Status | None]:
     """The call's secret, from ``authorization: Key <secret>`` or the session token header."""
-    authorization = call.header("authorization")
+    authorization = call.header(AUTHORIZATION)
     invalid = status_code_pb2.CONN_KEY_INVALID
     if authorization is not None:
         scheme, _, secret = authorization.partition(" ")
         if scheme != "Key" or not secret:
             return "", Status(invalid, "Invalid request: authorization is not 'Key <secret>'")
         return secret, None
-    token = call.header("x-clarifai-session-token")
+    token = call.header(SESSION_TOKEN)
     if token is None:
         return "", Status(invalid, "Invalid request: no authorization header")
     return token, None
