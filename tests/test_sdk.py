@@ -427,6 +427,7 @@ def test_install_is_atomic(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_installed_sdk_passes_the_check() -> None:
     import clarifai  # noqa: PLC0415
 
+    assert sdk._moved() == []  # every target of PATCHED where install expects it
     assert sdk.check_version() == importlib_module("importlib.metadata").version("clarifai")
     assert clarifai.__version__ == sdk.check_version()
 
